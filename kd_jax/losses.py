@@ -1,0 +1,206 @@
+"""Per-example classification and distillation losses.
+
+Every loss here returns one value per example, shape `[B]` (or the batch shape of the
+inputs): reducing over the batch (mean, masked mean, weights) is the caller's choice, so the
+losses compose with padding masks, data selection and any parallelism. Logits may be float32
+or bfloat16; every softmax is computed in float32 and the result is float32. Teacher inputs
+(teacher logits, soft targets) are wrapped in `jax.lax.stop_gradient`, so gradients flow to
+the student only. All functions are jittable and vmappable; static arguments (temperature,
+num_secondary) are validated eagerly when they are Python numbers.
+
+Notation: `p(z, T) = softmax(z / T)`; `e_y` the one-hot label; sums run over classes.
+
+This module imports nothing else of kd_jax.
+"""
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def _as_float32(x):
+  return jnp.asarray(x).astype(jnp.float32)
+
+
+def _concrete(value):
+  """`float(value)`, or None when `value` is a tracer (validated by the caller's caller)."""
+  try:
+    return float(value)
+  except (TypeError, jax.errors.ConcretizationTypeError):
+    return None
+
+
+def check_temperature(temperature, name="temperature"):
+  t = _concrete(temperature)
+  if t is not None and not t > 0:
+    raise ValueError(f"{name}={temperature!r} is not allowed: must be > 0")
+
+
+def check_int_range(name, value, low, high):
+  """Raises unless `low <= value <= high` (inclusive)."""
+  if int(value) != value or not low <= value <= high:
+    raise ValueError(f"{name}={value!r} is not allowed: must be an integer in [{low}, {high}]")
+
+
+def log_softmax(logits, temperature=1.0):
+  """`log p(z, T)` in float32, `[..., C]`; stable for logits of any magnitude."""
+  return jax.nn.log_softmax(_as_float32(logits) / temperature, axis=-1)
+
+
+def cross_entropy(logits, labels):
+  """Cross entropy with integer labels: `CE(z, y) = -log p(z, 1)_y`.
+
+  Args:
+    logits: `[B, C]` float32 or bfloat16.
+    labels: `[B]` integers in `[0, C)`.
+
+  Returns:
+    `[B]` float32; nothing is reduced.
+  """
+  return optax.softmax_cross_entropy_with_integer_labels(_as_float32(logits), labels)
+
+
+def soft_cross_entropy(logits, targets):
+  """Cross entropy with soft targets: `H(q, z) = -sum_c q_c log p(z, 1)_c`.
+
+  Args:
+    logits: `[B, C]` student logits.
+    targets: `[B, C]` target distribution (under stop_gradient).
+
+  Returns:
+    `[B]` float32, summed over classes only.
+  """
+  targets = jax.lax.stop_gradient(_as_float32(targets))
+  return optax.softmax_cross_entropy(_as_float32(logits), targets)
+
+
+def kd(student_logits, teacher_logits, temperature):
+  """Hinton's distillation loss, with the T^2 factor.
+
+  `KD_T = T^2 * sum_c p(z_t,T)_c * (log p(z_t,T)_c - log p(z_s,T)_c)`, the KL divergence
+  `KL(p(z_t,T) || p(z_s,T))` summed over classes and multiplied by `T^2` so the gradient's
+  scale does not shrink as `1/T^2` (Hinton et al. 2015). Computed from log-probabilities
+  (no `log(softmax)`), so it stays finite for logits of magnitude 1e4.
+
+  Args:
+    student_logits: `[B, C]`.
+    teacher_logits: `[B, C]`, under stop_gradient.
+    temperature: `T > 0`.
+
+  Returns:
+    `[B]` float32; summed over classes, not over the batch.
+  """
+  check_temperature(temperature)
+  log_teacher = jax.lax.stop_gradient(log_softmax(teacher_logits, temperature))
+  log_student = log_softmax(student_logits, temperature)
+  return temperature**2 * optax.losses.kl_divergence_with_log_targets(log_student, log_teacher)
+
+
+def kl_to_targets(student_logits, targets, temperature):
+  """Distillation toward a given target distribution, with the T^2 factor.
+
+  `T^2 * KL(q || p(z_s, T)) = T^2 * sum_c q_c (log q_c - log p(z_s,T)_c)`, with `0 log 0 = 0`.
+  For `q = p(z_t, T)` this equals `kd`. Use it for transformed targets (label revision,
+  KD-pt, KD-sim, KD-topk); at `T = 1` its gradient equals that of `soft_cross_entropy`.
+
+  Args:
+    student_logits: `[B, C]`.
+    targets: `[B, C]` distribution `q` (under stop_gradient).
+    temperature: `T > 0`, applied to the student only.
+
+  Returns:
+    `[B]` float32; summed over classes.
+  """
+  check_temperature(temperature)
+  targets = jax.lax.stop_gradient(_as_float32(targets))
+  log_student = log_softmax(student_logits, temperature)
+  return temperature**2 * optax.losses.kl_divergence(log_student, targets)
+
+
+def tsd(logits, num_secondary=5):
+  """Top score difference of Yang et al. (2019), the tolerant teacher's extra term.
+
+  With `p = p(z, 1)` sorted descending, `TSD = p_(1) - (1/K) sum_{k=2}^{K+1} p_(k)` for
+  `K = num_secondary`. Which classes are top and secondary is chosen under stop_gradient;
+  the probabilities themselves are differentiable, so minimising TSD lowers the top score
+  and raises the K secondary ones.
+
+  Args:
+    logits: `[B, C]`.
+    num_secondary: `K` in `[1, C-1]`.
+
+  Returns:
+    `[B]` float32 in `[-1, 1]`.
+  """
+  num_classes = logits.shape[-1]
+  check_int_range("num_secondary", num_secondary, 1, num_classes - 1)
+  probs = jax.nn.softmax(_as_float32(logits), axis=-1)
+  _, order = jax.lax.top_k(jax.lax.stop_gradient(probs), num_secondary + 1)
+  ranked = jnp.take_along_axis(probs, order, axis=-1)
+  return ranked[..., 0] - jnp.mean(ranked[..., 1:], axis=-1)
+
+
+def _binary_kl(log_p, log_not_p, log_q, log_not_q):
+  """KL([p, 1-p] || [q, 1-q]) from log-probabilities."""
+  return jnp.exp(log_p) * (log_p - log_q) + jnp.exp(log_not_p) * (log_not_p - log_not_q)
+
+
+def _target_and_rest(log_probs, is_target):
+  """Log of the target's probability and of the rest's total mass, both `[B]`."""
+  log_target = jnp.sum(jnp.where(is_target, log_probs, 0.0), axis=-1)
+  log_rest = jax.nn.logsumexp(log_probs, axis=-1, where=~is_target)
+  return log_target, log_rest
+
+
+def _dkd_from_log_probs(student_logits, log_teacher, labels, alpha, beta, temperature):
+  is_target = jax.nn.one_hot(labels, student_logits.shape[-1], dtype=bool)
+  log_student = log_softmax(student_logits, temperature)
+  t_target, t_rest = _target_and_rest(log_teacher, is_target)
+  s_target, s_rest = _target_and_rest(log_student, is_target)
+  tckd = _binary_kl(t_target, t_rest, s_target, s_rest)
+  # Non-target distributions renormalised in log space; the target entry is replaced by a
+  # finite 0 (not -inf) so no NaN can reach the gradient through the masked branch.
+  t_non = jnp.where(is_target, 0.0, log_teacher - t_rest[..., None])
+  s_non = jnp.where(is_target, 0.0, log_student - s_rest[..., None])
+  nckd = jnp.sum(jnp.where(is_target, 0.0, jnp.exp(t_non) * (t_non - s_non)), axis=-1)
+  return temperature**2 * (alpha * tckd + beta * nckd)
+
+
+def dkd(student_logits, teacher_logits, labels, alpha, beta, temperature):
+  """Decoupled KD (Zhao et al. 2022), mdistiller's definition, per example.
+
+  `DKD = alpha * TCKD + beta * NCKD`, both at temperature T and multiplied by `T^2`:
+  - `TCKD = KL([p_t^y, 1-p_t^y] || [p_s^y, 1-p_s^y])`, the binary target-vs-rest KL;
+  - `NCKD = KL(p_t^{\\y} || p_s^{\\y})` between the distributions over the C-1 non-target
+    classes, each renormalised (`p^{\\y}_c = p_c / (1 - p^y)`).
+  mdistiller divides the batch sum by B; here nothing is reduced. Computed in log space with
+  masked log-sum-exp (no `-1000` logit offset, no `log(softmax)`), so it stays exact in
+  bfloat16 and for logits of magnitude 1e4.
+
+  Args:
+    student_logits: `[B, C]`.
+    teacher_logits: `[B, C]`, under stop_gradient.
+    labels: `[B]` integers.
+    alpha: weight of TCKD.
+    beta: weight of NCKD.
+    temperature: `T > 0`.
+
+  Returns:
+    `[B]` float32.
+  """
+  check_temperature(temperature)
+  log_teacher = jax.lax.stop_gradient(log_softmax(teacher_logits, temperature))
+  return _dkd_from_log_probs(student_logits, log_teacher, labels, alpha, beta, temperature)
+
+
+def dkd_to_targets(student_logits, targets, labels, alpha, beta, temperature):
+  """`dkd` with the teacher given as a distribution `q` (e.g. a revised one) instead of logits.
+
+  `q` is taken as the teacher's distribution at temperature T; zeros in `q` are clipped to the
+  smallest normal float32 before the log (their contribution `q log q` is 0 either way).
+  Returns `[B]` float32, as `dkd`.
+  """
+  check_temperature(temperature)
+  targets = jax.lax.stop_gradient(_as_float32(targets))
+  log_teacher = jnp.log(jnp.maximum(targets, jnp.finfo(jnp.float32).tiny))
+  return _dkd_from_log_probs(student_logits, log_teacher, labels, alpha, beta, temperature)

@@ -1,0 +1,173 @@
+"""Target transforms: functions that build the distribution a student is trained toward.
+
+Each function maps labels and/or teacher probabilities `[B, C]` to targets `[B, C]` that are
+distributions (non-negative, rows sum to 1), in float32. Teacher probabilities are wrapped
+in `jax.lax.stop_gradient`. Pair a target with `losses.kl_to_targets` (T^2 KL at temperature
+T) or `losses.soft_cross_entropy`. Scalar arguments (epsilon, eta, k, temperature) are
+validated eagerly when they are Python numbers.
+
+Methods (SPEC.md): label smoothing (`smooth`), Label Revision of Lan et al. (`revise`), and the
+partial-knowledge variants of Tang et al.: KD-pt (`pt`), KD-sim (`class_similarity` +
+`sim`), KD-pt+sim (`pt_sim`) and KD-topk (`topk`).
+
+This module imports nothing else of kd_jax but `losses`' validators.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from kd_jax.losses import _concrete, check_int_range, check_temperature
+
+
+def _check_unit_interval(name, value, *, open_interval=False):
+  v = _concrete(value)
+  if v is None:
+    return
+  ok = 0 < v < 1 if open_interval else 0 <= v <= 1
+  if not ok:
+    allowed = "(0, 1)" if open_interval else "[0, 1]"
+    raise ValueError(f"{name}={value!r} is not allowed: must be in {allowed}")
+
+
+def _teacher(teacher_probs):
+  return jax.lax.stop_gradient(jnp.asarray(teacher_probs).astype(jnp.float32))
+
+
+def _true_class_prob(probs, labels):
+  return jnp.take_along_axis(probs, labels[..., None], axis=-1)[..., 0]
+
+
+def one_hot(labels, num_classes):
+  """`e_y`: `[B]` integer labels -> `[B, C]` float32."""
+  return jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+
+
+def smooth(labels, num_classes, epsilon, spread="all"):
+  """Label smoothing.
+
+  `spread="all"`: `(1 - eps) e_y + eps / C` (Szegedy et al.; optax's convention).
+  `spread="others"`: `(1 - eps) e_y + eps / (C - 1)` on the C-1 non-target classes.
+
+  Args:
+    labels: `[B]` integers.
+    num_classes: C.
+    epsilon: smoothing mass in `[0, 1]`.
+    spread: "all" or "others".
+
+  Returns:
+    `[B, C]` float32 distributions.
+  """
+  _check_unit_interval("epsilon", epsilon)
+  hot = one_hot(labels, num_classes)
+  if spread == "all":
+    return (1.0 - epsilon) * hot + epsilon / num_classes
+  if spread == "others":
+    return (1.0 - epsilon) * hot + epsilon / (num_classes - 1) * (1.0 - hot)
+  raise ValueError(f"spread={spread!r} is not allowed: must be 'all' or 'others'")
+
+
+def revision_beta(teacher_probs, labels, eta):
+  """Label Revision's mixing weight `beta = eta / (max_c q_c - q_y + 1)`, `[B]`.
+
+  `beta == eta` when the teacher is right (`argmax q = y`) and is smaller the more wrong it is.
+  """
+  _check_unit_interval("eta", eta, open_interval=True)
+  q = _teacher(teacher_probs)
+  return eta / (jnp.max(q, axis=-1) - _true_class_prob(q, labels) + 1.0)
+
+
+def revise(teacher_probs, labels, eta):
+  """Label Revision (Lan et al. 2024): `q' = beta q + (1 - beta) e_y`, `beta` as `revision_beta`.
+
+  Since `eta < 1`, `q'_y - q'_c = beta (q_y - q_c) + 1 - beta > 0` for every `c != y`, so the
+  revised argmax is always the true class; `q'` is a distribution.
+
+  Args:
+    teacher_probs: `[B, C]` teacher distribution (usually at the distillation temperature).
+    labels: `[B]` integers.
+    eta: in `(0, 1)`.
+
+  Returns:
+    `[B, C]` float32 revised distributions.
+  """
+  q = _teacher(teacher_probs)
+  beta = revision_beta(q, labels, eta)[..., None]
+  return beta * q + (1.0 - beta) * one_hot(labels, q.shape[-1])
+
+
+def pt(teacher_probs, labels):
+  """KD-pt: the teacher's confidence on the true class only.
+
+  Target `q_y` at `y` and `(1 - q_y) / (C - 1)` on every other class. `[B, C]` float32.
+  """
+  q = _teacher(teacher_probs)
+  num_classes = q.shape[-1]
+  q_y = _true_class_prob(q, labels)[..., None]
+  hot = one_hot(labels, num_classes)
+  return hot * q_y + (1.0 - hot) * (1.0 - q_y) / (num_classes - 1)
+
+
+def class_similarity(kernel, temperature):
+  """Class relationships from a final Dense layer, for KD-sim (Tang et al.).
+
+  `rho(y)_j = softmax_{j != y}(cos(w_y, w_j) / tau)` with `w_c` the kernel's column c.
+
+  Args:
+    kernel: `[D, C]` final-layer kernel (flax Dense layout), under stop_gradient.
+    temperature: `tau > 0`.
+
+  Returns:
+    `[C, C]` float32: row y is `rho(y)`, zero on the diagonal, summing to 1.
+  """
+  check_temperature(temperature)
+  w = jax.lax.stop_gradient(jnp.asarray(kernel).astype(jnp.float32))
+  w = w / jnp.maximum(jnp.linalg.norm(w, axis=0, keepdims=True), 1e-12)
+  cosine = w.T @ w
+  off_diagonal = ~jnp.eye(cosine.shape[0], dtype=bool)
+  return jax.nn.softmax(jnp.where(off_diagonal, cosine / temperature, -jnp.inf), axis=-1)
+
+
+def sim(labels, similarity, epsilon):
+  """KD-sim: `(1 - eps) e_y + eps * rho(y)`, the same target for every example of a class.
+
+  Args:
+    labels: `[B]` integers.
+    similarity: `[C, C]` from `class_similarity`.
+    epsilon: in `[0, 1]`.
+
+  Returns:
+    `[B, C]` float32.
+  """
+  _check_unit_interval("epsilon", epsilon)
+  similarity = jax.lax.stop_gradient(jnp.asarray(similarity).astype(jnp.float32))
+  return (1.0 - epsilon) * one_hot(labels, similarity.shape[-1]) + epsilon * similarity[labels]
+
+
+def pt_sim(teacher_probs, labels, similarity):
+  """KD-pt+sim: `q_y` at `y` and `(1 - q_y) * rho(y)` elsewhere. `[B, C]` float32."""
+  q = _teacher(teacher_probs)
+  similarity = jax.lax.stop_gradient(jnp.asarray(similarity).astype(jnp.float32))
+  q_y = _true_class_prob(q, labels)[..., None]
+  return one_hot(labels, q.shape[-1]) * q_y + (1.0 - q_y) * similarity[labels]
+
+
+def topk(teacher_probs, k):
+  """KD-topk: keep the teacher's k largest probabilities; spread the rest uniformly.
+
+  The `C - k` other classes each get `(1 - sum of the top k) / (C - k)`. Ties at the k-th
+  value are broken by `jax.lax.top_k` (lowest index first).
+
+  Args:
+    teacher_probs: `[B, C]`.
+    k: in `[1, C - 1]`.
+
+  Returns:
+    `[B, C]` float32.
+  """
+  q = _teacher(teacher_probs)
+  num_classes = q.shape[-1]
+  check_int_range("k", k, 1, num_classes - 1)
+  _, top_index = jax.lax.top_k(q, k)
+  kept = jnp.any(jax.nn.one_hot(top_index, num_classes, dtype=bool), axis=-2)
+  rest = (1.0 - jnp.sum(jnp.where(kept, q, 0.0), axis=-1, keepdims=True)) / (num_classes - k)
+  return jnp.where(kept, q, rest)

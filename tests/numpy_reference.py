@@ -1,0 +1,214 @@
+"""Plain-NumPy float64 references for `kd_jax.losses` and `kd_jax.targets`.
+
+Written from the equations in SPEC.md ("Methods"), independently of the JAX code, so the
+tests compare two implementations rather than one with itself. Every function works on the
+last axis (classes) and broadcasts over any leading axes; inputs are upcast to float64.
+Log-probabilities use max-subtraction, so logits of magnitude 1e4 stay finite here.
+"""
+
+import numpy as np
+
+
+def _f64(x):
+  return np.asarray(x, dtype=np.float64)
+
+
+def logsumexp(z, axis=-1, keepdims=False):
+  """log Σ exp(z) with the max subtracted first; -inf entries (masked classes) allowed."""
+  z = _f64(z)
+  m = np.max(z, axis=axis, keepdims=True)
+  m = np.where(np.isfinite(m), m, 0.0)
+  out = np.log(np.sum(np.exp(z - m), axis=axis, keepdims=True)) + m
+  return out if keepdims else np.squeeze(out, axis=axis)
+
+
+def log_softmax(z, temperature=1.0):
+  """log p(z, T) = z/T - logsumexp(z/T)."""
+  z = _f64(z) / temperature
+  return z - logsumexp(z, keepdims=True)
+
+
+def softmax(z, temperature=1.0):
+  return np.exp(log_softmax(z, temperature))
+
+
+def _take(x, labels):
+  """x[..., y] for integer labels broadcastable to x.shape[:-1]."""
+  labels = np.broadcast_to(np.asarray(labels), x.shape[:-1])
+  return np.take_along_axis(x, labels[..., None], axis=-1)[..., 0]
+
+
+def _one_hot_mask(labels, num_classes):
+  return np.arange(num_classes) == np.asarray(labels)[..., None]
+
+
+def _kl(log_p, log_q):
+  """Σ_c p_c (log p_c - log q_c), with 0·log 0 = 0 (p_c = 0 contributes nothing)."""
+  p = np.exp(log_p)
+  # Zero the log-ratio where p_c = 0 first: 0 * (-inf) would be nan.
+  log_ratio = np.where(p > 0, log_p - np.where(p > 0, log_q, 0.0), 0.0)
+  return np.sum(p * log_ratio, axis=-1)
+
+
+def _kl_probs(p, log_q):
+  """KL(p || q) for target probabilities p (exact zeros allowed) and log q."""
+  p = _f64(p)
+  log_ratio = np.where(p > 0, np.log(np.where(p > 0, p, 1.0)) - log_q, 0.0)
+  return np.sum(p * log_ratio, axis=-1)
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+def cross_entropy(logits, labels):
+  """CE(z, y) = -log p(z)_y."""
+  return -_take(log_softmax(logits), labels)
+
+
+def soft_cross_entropy(logits, targets):
+  """H(q, z) = -Σ_c q_c log p(z)_c."""
+  return -np.sum(_f64(targets) * log_softmax(logits), axis=-1)
+
+
+def kd(student_logits, teacher_logits, temperature):
+  """T² · KL(p(z_t, T) || p(z_s, T)), summed over classes."""
+  t = temperature
+  return t**2 * _kl(log_softmax(teacher_logits, t), log_softmax(student_logits, t))
+
+
+def kl_to_targets(student_logits, targets, temperature):
+  """T² · KL(q || p(z_s, T)) for a target distribution q."""
+  t = temperature
+  return t**2 * _kl_probs(targets, log_softmax(student_logits, t))
+
+
+def tsd(logits, num_secondary=5):
+  """p_(1) - (1/K) Σ_{k=2}^{K+1} p_(k), p = softmax(z) sorted descending."""
+  p = -np.sort(-softmax(logits), axis=-1)
+  return p[..., 0] - np.mean(p[..., 1:num_secondary + 1], axis=-1)
+
+
+def _binary_log_probs(logits, labels, temperature):
+  """log [p_y, 1 - p_y] at temperature T, with log(1 - p_y) = lse(others) - lse(all)."""
+  z = _f64(logits) / temperature
+  target = _one_hot_mask(labels, z.shape[-1])
+  lse_all = logsumexp(z)
+  log_p_target = _take(z, labels) - lse_all
+  log_p_rest = logsumexp(np.where(target, -np.inf, z)) - lse_all
+  return np.stack([log_p_target, log_p_rest], axis=-1)
+
+
+def _non_target_log_probs(logits, labels, temperature):
+  """log-softmax over the C-1 non-target classes (target at -inf, i.e. probability 0)."""
+  z = _f64(logits) / temperature
+  z = np.where(_one_hot_mask(labels, z.shape[-1]), -np.inf, z)
+  return z - logsumexp(z, keepdims=True)
+
+
+def tckd(student_logits, teacher_logits, labels, temperature):
+  """T² · KL([p_t,y, 1-p_t,y] || [p_s,y, 1-p_s,y]) (mdistiller's TCKD, per example)."""
+  t = temperature
+  return t**2 * _kl(_binary_log_probs(teacher_logits, labels, t),
+                    _binary_log_probs(student_logits, labels, t))
+
+
+def nckd(student_logits, teacher_logits, labels, temperature):
+  """T² · KL between teacher and student softmax over the non-target classes only."""
+  t = temperature
+  return t**2 * _kl(_non_target_log_probs(teacher_logits, labels, t),
+                    _non_target_log_probs(student_logits, labels, t))
+
+
+def dkd(student_logits, teacher_logits, labels, alpha, beta, temperature):
+  """α·TCKD + β·NCKD (Zhao et al. 2022, mdistiller), per example."""
+  return (alpha * tckd(student_logits, teacher_logits, labels, temperature)
+          + beta * nckd(student_logits, teacher_logits, labels, temperature))
+
+
+# ---------------------------------------------------------------------------- targets
+
+
+def one_hot(labels, num_classes):
+  return _one_hot_mask(labels, num_classes).astype(np.float64)
+
+
+def smooth(labels, num_classes, epsilon, spread="all"):
+  """(1-ε)·e_y + ε/C ("all"), or (1-ε) at y and ε/(C-1) elsewhere ("others")."""
+  e_y = one_hot(labels, num_classes)
+  if spread == "all":
+    return (1 - epsilon) * e_y + epsilon / num_classes
+  return (1 - epsilon) * e_y + epsilon * (1 - e_y) / (num_classes - 1)
+
+
+def revise_beta(teacher_probs, labels, eta):
+  """β = η / (max_c q_c - q_y + 1)."""
+  q = _f64(teacher_probs)
+  return eta / (np.max(q, axis=-1) - _take(q, labels) + 1)
+
+
+def revise(teacher_probs, labels, eta):
+  """q' = β·q + (1-β)·e_y."""
+  q = _f64(teacher_probs)
+  beta = revise_beta(q, labels, eta)[..., None]
+  return beta * q + (1 - beta) * one_hot(labels, q.shape[-1])
+
+
+def pt(teacher_probs, labels):
+  """q_y at y, (1-q_y)/(C-1) elsewhere."""
+  q = _f64(teacher_probs)
+  c = q.shape[-1]
+  q_y = _take(q, labels)[..., None]
+  return np.where(_one_hot_mask(labels, c), q_y, (1 - q_y) / (c - 1))
+
+
+def class_similarity(kernel, temperature):
+  """ρ[y, j] = softmax_{j≠y}(cos(w_y, w_j) / τ) from kernel columns w; zero diagonal."""
+  w = _f64(kernel)
+  w = w / np.linalg.norm(w, axis=0, keepdims=True)
+  cos = w.T @ w
+  logits = np.where(np.eye(cos.shape[0], dtype=bool), -np.inf, cos / temperature)
+  return np.exp(logits - logsumexp(logits, keepdims=True))
+
+
+def sim(labels, similarity, epsilon):
+  """(1-ε)·e_y + ε·ρ(y)."""
+  s = _f64(similarity)
+  return (1 - epsilon) * one_hot(labels, s.shape[-1]) + epsilon * s[np.asarray(labels)]
+
+
+def pt_sim(teacher_probs, labels, similarity):
+  """q_y at y, (1-q_y)·ρ(y) elsewhere."""
+  q = _f64(teacher_probs)
+  s = _f64(similarity)
+  q_y = _take(q, labels)[..., None]
+  return np.where(_one_hot_mask(labels, q.shape[-1]), q_y, (1 - q_y) * s[np.asarray(labels)])
+
+
+def topk(teacher_probs, k):
+  """Keep the k largest probabilities; spread 1 - Σ(top k) uniformly over the other C-k."""
+  q = _f64(teacher_probs)
+  c = q.shape[-1]
+  order = np.argsort(-q, axis=-1, kind="stable")
+  kept = np.zeros(q.shape, dtype=bool)
+  np.put_along_axis(kept, order[..., :k], True, axis=-1)
+  rest = (1 - np.sum(np.where(kept, q, 0.0), axis=-1, keepdims=True)) / (c - k)
+  return np.where(kept, q, rest)
+
+
+# ----------------------------------------------------------------- finite differences
+
+
+def fd_grad(fn, x, h=1e-6):
+  """Central differences of Σ fn(x) w.r.t. x [..., C] for a per-example fn.
+
+  Per-example losses are independent across examples, so perturbing class c of every
+  example at once gives d loss_b / d x[b, c] for all b in one call: C calls, not B·C.
+  """
+  x = _f64(x)
+  c = x.shape[-1]
+  eye = np.eye(c) * h                                   # [C, C]
+  shape = (c,) + (1,) * (x.ndim - 1) + (c,)
+  plus = fn(x[None] + eye.reshape(shape))               # [C, ...]
+  minus = fn(x[None] - eye.reshape(shape))
+  grad = (plus - minus) / (2 * h)                       # [C(perturbed), ...]
+  return np.moveaxis(grad, 0, -1)
