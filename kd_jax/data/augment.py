@@ -1,4 +1,4 @@
-"""Host-side augmentation in NumPy (CIFAR, vectorised over the batch) and PIL (ImageNet).
+"""Host-side augmentation in NumPy (CIFAR) and PIL (ImageNet).
 
 Randomness is a pure function of (seed, epoch, example index, draw number), computed by a
 counter-based hash (`example_uniforms`), so an example gets the same crop and flip in an
@@ -58,19 +58,30 @@ def example_uniforms(seed: int, epoch: int, indices, num_draws: int) -> np.ndarr
 
 
 def normalize(images: np.ndarray, mean, std) -> np.ndarray:
-  """uint8 [..., C] -> float32 (images / 255 − mean) / std."""
-  scale = (1.0 / (255.0 * np.asarray(std, np.float32))).astype(np.float32)
-  offset = (-np.asarray(mean, np.float32) / np.asarray(std, np.float32)).astype(np.float32)
-  return images.astype(np.float32) * scale + offset
+  """uint8 [..., W, C] -> float32 (images / 255 − mean) / std."""
+  images = np.asarray(images)
+  width, channels = images.shape[-2:]
+  scale = 1.0 / (255.0 * np.asarray(std, np.float64))
+  offset = -np.asarray(mean, np.float64) / np.asarray(std, np.float64)
+  # Work on rows of W·C values with tiled constants: broadcasting a length-3 channel axis
+  # runs NumPy's inner loop 3 elements at a time, about 20x slower.
+  out = images.reshape(-1, width * channels).astype(np.float32)
+  out *= np.tile(scale, width).astype(np.float32)
+  out += np.tile(offset, width).astype(np.float32)
+  return out.reshape(images.shape)
 
 
 def cifar_train(images: np.ndarray, uniforms: np.ndarray, mean, std, padding: int = 4
                 ) -> np.ndarray:
-  """Random crop with zero padding + horizontal flip + normalisation, vectorised.
+  """Random crop with zero padding + horizontal flip + normalisation.
+
+  The crop is a loop of one slice copy per example: measured faster than a fancy-index
+  gather over the batch (about 2 ms against 5 ms for 128 CIFAR images), because the gather
+  moves 3-byte pixels one at a time. The normalisation is vectorised over the batch.
 
   Args:
     images: uint8 [n, H, W, C].
-    uniforms: [n, >= 3] draws of `example_uniforms`.
+    uniforms: [n, >= 3] draws of `example_uniforms` (row offset, column offset, flip).
   Returns:
     float32 [n, H, W, C].
   """
@@ -79,9 +90,10 @@ def cifar_train(images: np.ndarray, uniforms: np.ndarray, mean, std, padding: in
   top = np.floor(uniforms[:, 0] * (2 * padding + 1)).astype(np.int64)
   left = np.floor(uniforms[:, 1] * (2 * padding + 1)).astype(np.int64)
   flip = uniforms[:, 2] < 0.5
-  rows = top[:, None] + np.arange(height)
-  columns = np.where(flip[:, None], np.arange(width)[::-1], np.arange(width)) + left[:, None]
-  cropped = padded[np.arange(n)[:, None, None], rows[:, :, None], columns[:, None, :]]
+  cropped = np.empty_like(images)
+  for i in range(n):
+    crop = padded[i, top[i]:top[i] + height, left[i]:left[i] + width]
+    cropped[i] = crop[:, ::-1] if flip[i] else crop
   return normalize(cropped, mean, std)
 
 

@@ -128,9 +128,6 @@ class Loader:
     batches = self._batches(epoch, start_step)
     return _prefetched(batches, self.prefetch) if self.prefetch > 0 else batches
 
-  def __iter__(self):
-    return self.epoch(0)
-
 
 def _prefetched(iterator: Iterator, size: int) -> Iterator:
   """Runs `iterator` in a daemon thread, `size` items ahead; re-raises its exceptions.
