@@ -92,15 +92,27 @@ _TEACHER_METHODS = {
 }
 _ALWAYS_REVISED = ("lr", "dkd_lr")
 _TEACHER_FREE = ("ce", "ls", "tsd")
-NAMES = _TEACHER_FREE + tuple(_TEACHER_METHODS)
+# Data Selection variants: the base method on the selected examples, CE on the others. The
+# selection itself (scores, ratio, refresh) is the trainer's job; see kd_jax.selection.
+_WITH_SELECTION = {"kd_ds": "kd", "lr_ds": "lr", "dkd_lr_ds": "dkd_lr"}
+NAMES = _TEACHER_FREE + tuple(_TEACHER_METHODS) + tuple(_WITH_SELECTION)
+
+
+def base_name(name: str) -> str:
+  """The method a Data Selection variant applies to its selected examples (else `name`)."""
+  return _WITH_SELECTION.get(name, name)
+
+
+def uses_selection(name: str) -> bool:
+  return name in _WITH_SELECTION
 
 
 def needs_teacher(name: str) -> bool:
-  return name in _TEACHER_METHODS
+  return base_name(name) in _TEACHER_METHODS
 
 
 def needs_class_similarity(name: str) -> bool:
-  return name in ("kd_sim", "kd_pt_sim")
+  return base_name(name) in ("kd_sim", "kd_pt_sim")
 
 
 def _ramp(epoch, warmup_epochs):
@@ -129,7 +141,7 @@ def validate(config, num_classes: int) -> None:
       _fail(field, config[field], "must be in [0, 1]")
   if config.smoothing_spread not in ("all", "others"):
     _fail("smoothing_spread", config.smoothing_spread, "must be 'all' or 'others'")
-  if (config.revise or name in _ALWAYS_REVISED) and not 0 < config.eta < 1:
+  if (config.revise or base_name(name) in _ALWAYS_REVISED) and not 0 < config.eta < 1:
     _fail("eta", config.eta, "must be in (0, 1)")
   if config.lr_form not in ("kl", "mse"):
     _fail("lr_form", config.lr_form, "must be 'kl' or 'mse'")
@@ -174,7 +186,7 @@ def per_example_losses(config, student_logits, labels, teacher_logits=None, *, e
   Returns:
     dict of `[B]` float32 arrays; `"loss"` is the objective to average.
   """
-  name = config.name
+  name = base_name(config.name)
   ce = losses.cross_entropy(student_logits, labels)
   out = {"ce": ce}
   if name == "ce":

@@ -38,7 +38,7 @@ def _similarity(kernel, tau):
 
 def _reference(cfg, zs, zt, y, sim, epoch):
   """Per-example objective of each method, straight from SPEC.md."""
-  T, n = cfg.temperature, cfg.name
+  T, n = cfg.temperature, {"kd_ds": "kd", "lr_ds": "lr", "dkd_lr_ds": "dkd_lr"}.get(cfg.name, cfg.name)
   ce = _ce(zs, y)
   hot = np.eye(C)[y]
   ps = _softmax(zs, T)
