@@ -1,0 +1,118 @@
+r"""Runs student methods side by side over seeds with the real CLI, and tabulates them.
+
+For each seed, one teacher is trained (`python -m kd_jax.main ... --config.student.model=''`),
+then every variant's student is distilled from that seed's teacher (referenced through
+`--config.teacher.checkpoint`) with the same seed. Reported per variant: mean +- std over
+seeds of the LAST-EPOCH test accuracy, and, labelled separately, of the test accuracy of the
+best-validation checkpoint (the validation slice is held out of the training split; the test
+split selects nothing).
+
+  python experiments/compare_methods.py --config=configs/mnist1d.py --seeds=0,1,2 \
+      --variants=ce,kd --out=experiments/results/mnist1d_kd
+
+A variant is `label` or `label:key=value;key=value` with `--config.` keys, e.g.
+`lr_ds_random:student.method.name=lr_ds;selection.criterion=random`; a bare label sets
+`student.method.name=label`. Runs that finished are skipped on rerun (the CLI's own resume).
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+
+def parse_variant(text):
+  label, _, rest = text.partition(":")
+  overrides = dict(item.split("=", 1) for item in rest.split(";") if item)
+  overrides.setdefault("student.method.name", label)
+  return label, overrides
+
+
+def run_cli(config, workdir, overrides, log_path):
+  command = [sys.executable, "-m", "kd_jax.main", f"--config={config}", f"--workdir={workdir}"]
+  command += [f"--config.{key}={value}" for key, value in overrides.items()]
+  os.makedirs(workdir, exist_ok=True)
+  start = time.time()
+  with open(log_path, "a") as log:
+    subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)
+  return " ".join(["python", *command[1:]]), time.time() - start
+
+
+def mean_std(values):
+  values = np.asarray(values, float)
+  return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--config", required=True)
+  parser.add_argument("--seeds", default="0,1,2")
+  parser.add_argument("--variants", default="ce,kd")
+  parser.add_argument("--out", required=True, help="results folder (results.json/.md)")
+  parser.add_argument("--workdir", default="", help="runs' folder (default: OUT/runs)")
+  parser.add_argument("--extra", default="", help="overrides for every run, key=value;...")
+  args = parser.parse_args()
+  seeds = [int(s) for s in args.seeds.split(",")]
+  variants = [parse_variant(v) for v in args.variants.split(",")]
+  extra = dict(item.split("=", 1) for item in args.extra.split(";") if item)
+  workdir = args.workdir or os.path.join(args.out, "runs")
+  log_path = os.path.join(args.out, "runs.log")
+  os.makedirs(args.out, exist_ok=True)
+
+  rows, commands = {}, []
+  for seed in seeds:
+    teacher_dir = os.path.join(workdir, f"seed{seed}", "teacher_run")
+    teacher_overrides = {**extra, "seed": str(seed), "student.model": ""}
+    command, seconds = run_cli(args.config, teacher_dir, teacher_overrides, log_path)
+    commands.append(command)
+    with open(os.path.join(teacher_dir, "summary.json")) as f:
+      teacher = json.load(f)["teacher"]
+    rows.setdefault("teacher", []).append(teacher)
+    print(f"seed {seed} teacher: test {teacher['test_accuracy']:.4f} ({seconds:.0f} s)", flush=True)
+    for label, overrides in variants:
+      run_dir = os.path.join(workdir, f"seed{seed}", label)
+      overrides = {**extra, "seed": str(seed), "teacher.checkpoint": os.path.join(teacher_dir, "teacher"),
+                   **overrides}
+      command, seconds = run_cli(args.config, run_dir, overrides, log_path)
+      commands.append(command)
+      with open(os.path.join(run_dir, "summary.json")) as f:
+        student = json.load(f)["student"]
+      rows.setdefault(label, []).append(student)
+      print(f"seed {seed} {label}: test {student['test_accuracy']:.4f} ({seconds:.0f} s)",
+            flush=True)
+
+  table = {}
+  for label, runs in rows.items():
+    last = mean_std([r["test_accuracy"] for r in runs])
+    best = mean_std([r["best_val_checkpoint_test_accuracy"] for r in runs
+                     if r.get("best_val_checkpoint_test_accuracy") is not None] or [np.nan])
+    table[label] = dict(last_epoch_test_accuracy=last, best_val_checkpoint_test_accuracy=best,
+                        per_seed_last_epoch=[r["test_accuracy"] for r in runs],
+                        extra_per_seed={k: [r.get(k) for r in runs] for k in
+                                        ("ece", "train_seconds", "selected_ratio")
+                                        if any(k in r for r in runs)})
+  results = dict(config=args.config, seeds=seeds, variants=dict(variants), extra=extra,
+                 commands=commands, table=table)
+  with open(os.path.join(args.out, "results.json"), "w") as f:
+    json.dump(results, f, indent=1)
+  lines = [f"Config `{args.config}`, seeds {seeds}, extra overrides {extra or 'none'}.",
+           "Test accuracy, mean +- std over seeds. `last epoch`: the final model (reported "
+           "number); `best-val ckpt`: the checkpoint chosen on the held-out validation slice.",
+           "", "| model | last epoch | best-val ckpt | per seed (last epoch) |",
+           "|---|---|---|---|"]
+  for label, entry in table.items():
+    (m, s), (bm, bs) = entry["last_epoch_test_accuracy"], entry["best_val_checkpoint_test_accuracy"]
+    per_seed = ", ".join(f"{v:.4f}" for v in entry["per_seed_last_epoch"])
+    lines.append(f"| {label} | {m:.4f} +- {s:.4f} | {bm:.4f} +- {bs:.4f} | {per_seed} |")
+  lines += ["", "Commands:", "", *[f"    {c}" for c in commands]]
+  with open(os.path.join(args.out, "results.md"), "w") as f:
+    f.write("\n".join(lines) + "\n")
+  print("\n".join(lines[:len(table) + 5]))
+
+
+if __name__ == "__main__":
+  main()
