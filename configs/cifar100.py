@@ -1,0 +1,19 @@
+"""CIFAR-100, the RepDistiller / mdistiller protocol: resnet32x4 -> resnet8x4 by default.
+
+SGD momentum 0.9, weight decay 5e-4, batch 64, 240 epochs, lr 0.05 x0.1 at epochs 150, 180
+and 210, KD with T=4, ce_weight 0.1, kd_weight 0.9. Switch anything on the command line:
+
+  python -m kd_jax.main --config=configs/cifar100.py --workdir=/tmp/c100 \
+      --config.teacher.model=wrn_40_2 --config.student.model=wrn_16_2 \
+      --config.student.method.name=dkd --config.teacher.checkpoint=/path/ckpt_epoch_240.pth
+"""
+
+from configs import common
+
+
+def get_config():
+  c = common.get_config()  # the defaults are this protocol
+  c.name = "cifar100"
+  c.dataset.name = "cifar100"
+  c.dataset.holdout = 0  # RepDistiller trains on all 50k; set e.g. 5000 for a validation slice
+  return c

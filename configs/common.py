@@ -1,0 +1,87 @@
+"""Shared defaults of every config: the one place each field is declared and documented.
+
+A config file calls `get_config()` and changes what its protocol needs. Every field exists
+here, so any of them can be set on the command line (`--config.student.method.name=dkd`);
+None-valued fields are typed placeholders.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+from kd_jax import methods
+
+
+def method(name: str, **overrides) -> ml_collections.ConfigDict:
+  """A method block (see kd_jax.methods.default_config) with `name` and overrides."""
+  config = methods.default_config()
+  config.name = name
+  config.update(overrides)
+  return config
+
+
+def student(model: str, method_name: str = "kd", **method_overrides):
+  """A student block: model ('' = no student), method, optional per-role overrides."""
+  return ml_collections.ConfigDict(dict(
+      model=model,                                   # kd_jax.models name ('' disables)
+      method=method(method_name, **method_overrides),
+      num_epochs=config_dict.placeholder(int),       # None: the shared num_epochs
+      learning_rate=config_dict.placeholder(float),  # None: optim.learning_rate
+  ))
+
+
+def teacher(model: str, method_name: str = "ce", checkpoint: str = "", **method_overrides):
+  """A teacher block: trained here with a teacher method (ce, ls, tsd) unless `checkpoint`
+  names a kd_jax run/role/checkpoints directory or a PyTorch .pth (loaded instead)."""
+  block = student(model, method_name, **method_overrides)
+  block.checkpoint = checkpoint
+  return block
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.name = "common"        # reported in summary.json
+  c.seed = 0               # init, shuffling, dropout (folded with the role name)
+
+  c.dataset = ml_collections.ConfigDict(dict(
+      name="cifar100",                        # kd_jax.data.names()
+      data_dir=config_dict.placeholder(str),  # TFDS data_dir (None: TFDS default)
+      seed=0,                                 # dataset generation/split seed (offline data)
+      holdout=0,              # examples of the train split held out for validation (best ckpt)
+      holdout_seed=0,         # fixed across run seeds: every seed trains on the same examples
+      options=ml_collections.ConfigDict(),    # extra kwargs of kd_jax.data.load
+  ))
+
+  c.batch_size = 64        # GLOBAL batch size, a multiple of the device count
+  c.eval_batch_size = 256
+  c.num_epochs = 240
+  c.optim = ml_collections.ConfigDict(dict(
+      name="sgd",             # 'sgd' (torch.optim.SGD semantics) or 'adamw'
+      learning_rate=0.05,
+      momentum=0.9,
+      nesterov=False,
+      weight_decay=5e-4,      # coupled L2 on every parameter, as PyTorch's SGD
+      schedule="step",        # 'step' (x lr_decay_factor at lr_decay_epochs) or 'cosine'
+      lr_decay_epochs=(150, 180, 210),
+      lr_decay_factor=0.1,
+      warmup_epochs=0.0,      # linear warm-up from 0
+  ))
+
+  # The teacher is trained/loaded only when the student's method needs one (or when
+  # student.model is '', a teacher-only run).
+  c.teacher = teacher("resnet32x4", "ce")
+  c.student = student("resnet8x4", "kd")
+
+  c.log_every_steps = 100           # train metrics to metrics.jsonl / TensorBoard
+  c.eval_every_epochs = 1           # validation (held-out slice) accuracy -> best checkpoint
+  c.eval_test_every_epochs = 1      # test metrics for the curves (0: only at the end)
+  c.checkpoint = ml_collections.ConfigDict(dict(
+      every_steps=1000,   # also at every epoch end; 0: epoch ends only
+      keep=2,             # last checkpoints kept (plus the best by validation accuracy)
+  ))
+  c.distributed = ml_collections.ConfigDict(dict(
+      coordinator_address="",   # host:port of process 0, for multi-host runs
+      num_processes=1,
+      process_id=0,
+      cpu_collectives="gloo",   # CPU cross-process collectives (tests, CPU clusters)
+  ))
+  return c

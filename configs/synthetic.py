@@ -1,0 +1,27 @@
+"""Synthetic many-class data with superclasses (kd_jax.data.synthetic): mlp_large -> mlp_small.
+
+Every generator option is a field, so the data can be shaped on the command line:
+
+  python -m kd_jax.main --config=configs/synthetic.py --workdir=/tmp/syn \
+      --config.dataset.options.correlation=0.8 --config.dataset.options.num_classes=50
+"""
+
+from configs import common
+
+
+def get_config():
+  c = common.get_config()
+  c.name = "synthetic"
+  c.dataset.name = "synthetic"
+  c.dataset.holdout = 1000
+  c.dataset.options = dict(num_classes=100, num_superclasses=20, correlation=0.5, dim=64,
+                           noise=2.0, separation=1.0, num_train=10_000, num_test=5_000)
+  c.batch_size = 128
+  c.num_epochs = 30
+  c.optim.learning_rate = 0.05
+  c.optim.schedule = "cosine"
+  c.teacher = common.teacher("mlp_large", "ce")
+  c.student = common.student("mlp_small", "kd", temperature=4.0, ce_weight=0.1, kd_weight=0.9)
+  c.log_every_steps = 50
+  c.checkpoint.every_steps = 500
+  return c
