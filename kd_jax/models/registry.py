@@ -19,18 +19,25 @@ class ModelInfo:
   constructor: Callable[..., nn.Module]
   input_kind: str  # "image" (NHWC), "signal" ([B, L, 1]) or "vector" ([B, D])
   torch_classifier: str | None  # name of the final Linear in the PyTorch reference
+  # One example's shape (no batch dim) that the model accepts, for shape inference without
+  # data (e.g. checkpoint import); None: (32, 32, 3) for images, (40, 1) for signals.
+  input_shape: tuple[int, ...] | None = None
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
 
 
-def register(name: str, *, input_kind: str = "image", torch_classifier: str | None = "fc"):
+def register(name: str, *, input_kind: str = "image", torch_classifier: str | None = "fc",
+             input_shape: tuple[int, ...] | None = None):
   """Decorator registering `constructor(num_classes, **options) -> nn.Module` under `name`."""
+  if input_kind not in ("image", "signal", "vector"):
+    raise ValueError(f"input_kind={input_kind!r} must be 'image', 'signal' or 'vector'")
 
   def wrap(constructor):
     if name in _REGISTRY:
       raise ValueError(f"model {name!r} is registered twice")
-    _REGISTRY[name] = ModelInfo(name, constructor, input_kind, torch_classifier)
+    _REGISTRY[name] = ModelInfo(name, constructor, input_kind, torch_classifier,
+                                None if input_shape is None else tuple(input_shape))
     return constructor
 
   return wrap
