@@ -170,4 +170,7 @@ def topk(teacher_probs, k):
   _, top_index = jax.lax.top_k(q, k)
   kept = jnp.any(jax.nn.one_hot(top_index, num_classes, dtype=bool), axis=-2)
   rest = (1.0 - jnp.sum(jnp.where(kept, q, 0.0), axis=-1, keepdims=True)) / (num_classes - k)
+  # When the top k hold all the mass, float32 rounding can make 1 - sum slightly negative;
+  # a negative target entry makes kl_to_targets nan (log of a negative number).
+  rest = jnp.maximum(rest, 0.0)
   return jnp.where(kept, q, rest)

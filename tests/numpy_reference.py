@@ -18,7 +18,8 @@ def logsumexp(z, axis=-1, keepdims=False):
   z = _f64(z)
   m = np.max(z, axis=axis, keepdims=True)
   m = np.where(np.isfinite(m), m, 0.0)
-  out = np.log(np.sum(np.exp(z - m), axis=axis, keepdims=True)) + m
+  with np.errstate(divide="ignore"):  # all -inf (nothing left) -> -inf, not a warning
+    out = np.log(np.sum(np.exp(z - m), axis=axis, keepdims=True)) + m
   return out if keepdims else np.squeeze(out, axis=axis)
 
 
@@ -102,7 +103,10 @@ def _non_target_log_probs(logits, labels, temperature):
   """log-softmax over the C-1 non-target classes (target at -inf, i.e. probability 0)."""
   z = _f64(logits) / temperature
   z = np.where(_one_hot_mask(labels, z.shape[-1]), -np.inf, z)
-  return z - logsumexp(z, keepdims=True)
+  # A teacher with no mass off the target (q = e_y given as probabilities) has no
+  # non-target distribution: nan here (-inf - -inf), and callers skip nan references.
+  with np.errstate(invalid="ignore"):
+    return z - logsumexp(z, keepdims=True)
 
 
 def tckd(student_logits, teacher_logits, labels, temperature):
@@ -212,3 +216,14 @@ def fd_grad(fn, x, h=1e-6):
   minus = fn(x[None] - eye.reshape(shape))
   grad = (plus - minus) / (2 * h)                       # [C(perturbed), ...]
   return np.moveaxis(grad, 0, -1)
+
+
+def dkd_to_targets(student_logits, targets, labels, alpha, beta, temperature):
+  """`dkd` with the teacher given as its distribution q at temperature T.
+
+  Any teacher logits with softmax(z_t / T) = q give the same DKD; z_t = T·log q is one
+  (zeros in q become -inf logits, i.e. probability exactly 0).
+  """
+  with np.errstate(divide="ignore"):
+    teacher_logits = temperature * np.log(_f64(targets))
+  return dkd(student_logits, teacher_logits, labels, alpha, beta, temperature)

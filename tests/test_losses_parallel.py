@@ -1,0 +1,94 @@
+"""Losses and targets inside `jax.pmap` and `shard_map` over 4 devices.
+
+The device count of the CPU backend is fixed when jax starts, so the 4 forced host devices
+(XLA_FLAGS=--xla_force_host_platform_device_count=4) live in a child process; one child runs
+every function, once per mode (single device jit, pmap, shard_map), to keep compiles few.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+_CHILD = r"""
+import json
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import shard_map
+from jax.sharding import Mesh, PartitionSpec as P
+from kd_jax import losses, targets
+
+assert jax.device_count() == 4, jax.devices()
+T = 4.0
+
+
+def everything(zs, zt, y, q, s):
+  def per_example(zs):
+    qt = jax.nn.softmax(zt / T)
+    return dict(
+        cross_entropy=losses.cross_entropy(zs, y),
+        soft_cross_entropy=losses.soft_cross_entropy(zs, q),
+        kd=losses.kd(zs, zt, T),
+        kl_to_targets=losses.kl_to_targets(zs, q, 2.0),
+        tsd=losses.tsd(zs, num_secondary=5),
+        dkd=losses.dkd(zs, zt, y, 1.0, 8.0, T),
+        dkd_to_targets=losses.dkd_to_targets(zs, qt, y, 1.0, 8.0, T))
+
+  values = per_example(zs)
+  # d (sum of every loss) / d zs: per-example, so it must not depend on the split either.
+  grad = jax.grad(lambda zs: sum(v.sum() for v in per_example(zs).values()))(zs)
+  c = zs.shape[-1]
+  values.update(
+      grad=grad, one_hot=targets.one_hot(y, c), smooth=targets.smooth(y, c, 0.1),
+      revise=targets.revise(q, y, 0.8), pt=targets.pt(q, y), topk=targets.topk(q, 3),
+      sim=targets.sim(y, s, 0.5), pt_sim=targets.pt_sim(q, y, s))
+  return values
+
+
+rng = np.random.default_rng(0)
+b, c = 8, 10
+zs = (rng.normal(size=(b, c)) * 3).astype(np.float32)
+zt = (rng.normal(size=(b, c)) * 3).astype(np.float32)
+y = rng.integers(0, c, size=b).astype(np.int32)
+q = np.asarray(jax.nn.softmax(rng.normal(size=(b, c)) * 2), np.float32)
+s = np.asarray(targets.class_similarity(rng.normal(size=(16, c)).astype(np.float32), 0.5))
+
+single = jax.jit(everything)(zs, zt, y, q, s)
+
+split = lambda x: x.reshape((4, b // 4) + x.shape[1:])
+pmapped = jax.pmap(everything, in_axes=(0, 0, 0, 0, None))(
+    split(zs), split(zt), split(y), split(q), s)
+pmapped = jax.tree.map(lambda x: np.asarray(x).reshape((b,) + x.shape[2:]), pmapped)
+
+mesh = Mesh(np.array(jax.devices()), ("batch",))
+sharded = jax.jit(shard_map(everything, mesh=mesh, in_specs=(P("batch"),) * 4 + (P(),),
+                            out_specs=P("batch")))(zs, zt, y, q, s)
+
+diffs = {}
+for name, want in single.items():
+  want = np.asarray(want)
+  assert want.shape[0] == b and np.all(np.isfinite(want)), name
+  diffs[name] = [float(np.max(np.abs(np.asarray(got[name]) - want) / (1 + np.abs(want))))
+                 for got in (pmapped, sharded)]
+print("RESULT " + json.dumps(diffs))
+"""
+
+
+def test_pmap_and_shard_map_match_single_device():
+  repo = pathlib.Path(__file__).resolve().parents[1]
+  env = dict(os.environ,
+             XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             JAX_PLATFORMS="cpu",
+             PYTHONPATH=os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]))
+  proc = subprocess.run([sys.executable, "-c", _CHILD], env=env, cwd=repo,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
+  diffs = json.loads(line[len("RESULT "):])
+  assert len(diffs) == 15
+  for name, (pmap_diff, shard_map_diff) in diffs.items():
+    # Same per-example arithmetic on every device: equal up to float32 rounding.
+    assert pmap_diff <= 1e-6, (name, "pmap", pmap_diff)
+    assert shard_map_diff <= 1e-6, (name, "shard_map", shard_map_diff)
