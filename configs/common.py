@@ -9,6 +9,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from kd_jax import methods
+from kd_jax.train import data_selection
 
 
 def method(name: str, **overrides) -> ml_collections.ConfigDict:
@@ -70,6 +71,10 @@ def get_config() -> ml_collections.ConfigDict:
   # student.model is '', a teacher-only run).
   c.teacher = teacher("resnet32x4", "ce")
   c.student = student("resnet8x4", "kd")
+
+  # Data Selection (read when the student's method selects: *_ds or method.select=True);
+  # fields documented in kd_jax/train/data_selection.py.
+  c.selection = data_selection.default_config()
 
   c.log_every_steps = 100           # train metrics to metrics.jsonl / TensorBoard
   c.eval_every_epochs = 1           # validation (held-out slice) accuracy -> best checkpoint

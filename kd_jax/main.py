@@ -1,4 +1,5 @@
-r"""Command line: train what a config asks (a teacher and/or a distilled student).
+r"""Command line: train what a config asks (a teacher and/or a distilled student, or
+generations when `config.generations.num > 0`, see kd_jax.generations).
 
   python -m kd_jax.main --config=configs/cifar100.py --workdir=/tmp/kd \
       [--config.student.method.name=dkd --config.seed=1 ...]
@@ -16,6 +17,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from kd_jax import generations
 from kd_jax.train import loop
 from kd_jax.train import parallel
 
@@ -36,11 +38,14 @@ def main(argv):
                       dist.cpu_collectives)
   try:
     mesh, data = loop.prepare(config)
+    if generations.enabled(config):
+      generations.check_config(config, data.info.num_classes)
   except ValueError as error:
     print(f"kd_jax: invalid config: {error}", file=sys.stderr, flush=True)
     sys.exit(2)
   try:
-    loop.run(config, _WORKDIR.value, mesh=mesh, data=data)
+    run = generations.run if generations.enabled(config) else loop.run
+    run(config, _WORKDIR.value, mesh=mesh, data=data)
   except loop.TrainingDiverged as error:
     print(f"kd_jax: {error}", file=sys.stderr, flush=True)
     sys.exit(3)

@@ -42,6 +42,8 @@ def default_config() -> ml_collections.ConfigDict:
       label_smoothing=0.1,    # epsilon of `ls`
       smoothing_spread="all",  # "all" (eps/C everywhere) or "others" (eps/(C-1) off-target)
       revise=False,           # apply Label Revision to the teacher (forced on by lr, dkd_lr)
+      select=False,           # apply Data Selection (forced on by kd_ds, lr_ds, dkd_lr_ds);
+                              # how examples are selected: the run config's `selection` block
       eta=0.8,                # Label Revision eta in (0, 1)
       lr_form="kl",           # "kl": T^2 KL(q'||p_s); "mse": the published reimplementation
       mse_logit_weight=4.0,   # lambda_1 of the mse form (teacher-correct examples)
@@ -107,6 +109,16 @@ def uses_selection(name: str) -> bool:
   return name in _WITH_SELECTION
 
 
+def selects(config) -> bool:
+  """Whether method block `config` uses Data Selection (a `*_ds` name or `select=True`)."""
+  return uses_selection(config.name) or bool(config.get("select", False))
+
+
+def revises(config) -> bool:
+  """Whether method block `config` label-revises the teacher (`lr*` names or `revise=True`)."""
+  return bool(config.get("revise", False)) or base_name(config.name) in _ALWAYS_REVISED
+
+
 def needs_teacher(name: str) -> bool:
   return base_name(name) in _TEACHER_METHODS
 
@@ -141,7 +153,9 @@ def validate(config, num_classes: int) -> None:
       _fail(field, config[field], "must be in [0, 1]")
   if config.smoothing_spread not in ("all", "others"):
     _fail("smoothing_spread", config.smoothing_spread, "must be 'all' or 'others'")
-  if (config.revise or base_name(name) in _ALWAYS_REVISED) and not 0 < config.eta < 1:
+  if config.get("select", False) and not needs_teacher(name):
+    _fail("select", True, f"needs a teacher-based method, not {name!r}")
+  if revises(config) and not 0 < config.eta < 1:
     _fail("eta", config.eta, "must be in (0, 1)")
   if config.lr_form not in ("kl", "mse"):
     _fail("lr_form", config.lr_form, "must be 'kl' or 'mse'")
@@ -203,7 +217,7 @@ def per_example_losses(config, student_logits, labels, teacher_logits=None, *, e
       raise ValueError(f"method {name!r} needs teacher_logits")
     if needs_class_similarity(name) and class_similarity is None:
       raise ValueError(f"method {name!r} needs class_similarity")
-    revised = bool(config.revise or name in _ALWAYS_REVISED)
+    revised = revises(config)
     teacher_logits = jax.lax.stop_gradient(teacher_logits.astype(jnp.float32))
     q = jax.nn.softmax(teacher_logits / config.temperature, axis=-1)
     q_y = jnp.take_along_axis(jax.nn.softmax(teacher_logits), labels[:, None], axis=-1)[:, 0]

@@ -1,6 +1,5 @@
 """Tests of kd_jax.data: offline datasets, TFDS sources (mocked), augmentation and loader."""
 
-import io
 import random
 import sys
 
@@ -146,31 +145,6 @@ def test_subset_and_split_holdout():
 
 
 # --- TFDS through tfds.testing.mock_data ---------------------------------------------------
-
-
-@pytest.fixture
-def mock_tfds(monkeypatch, tmp_path):
-  """tfds.testing.mock_data for `tfds.data_source`, without TensorFlow.
-
-  Two patches make the mock work without TensorFlow: the mocked `__getitems__` is set on a
-  MagicMock as a plain attribute, so it is called without `self` (a TFDS bug), and images
-  of skipped decoding are encoded by TensorFlow, replaced here by a PIL PNG encoder.
-  """
-  tfds = pytest.importorskip("tensorflow_datasets")
-  from PIL import Image
-  from tensorflow_datasets.testing import mocking
-
-  def encode_png(self, image):
-    del self
-    buffer = io.BytesIO()
-    Image.fromarray(np.asarray(image, np.uint8)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-  monkeypatch.setattr(tfds.features.Image, "encode_example", encode_png)
-  monkeypatch.setattr(mocking, "_getitems", lambda keys, generator, serialized=False:
-                      [generator[k] for k in keys])
-  with tfds.testing.mock_data(num_examples=40):
-    yield str(tmp_path)
 
 
 def test_tfds_cifar100_source(mock_tfds):

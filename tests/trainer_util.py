@@ -23,7 +23,7 @@ TINY_OVERRIDES = {
     "checkpoint.every_steps": 5,
 }
 # Timing fields differ between runs; everything else in summary.json must match exactly.
-TIMING_FIELDS = ("train_seconds", "images_per_second")
+TIMING_FIELDS = ("train_seconds", "images_per_second", "seconds")
 
 
 def tiny_config(**overrides):

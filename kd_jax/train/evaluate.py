@@ -15,13 +15,15 @@ def eval_loader(source, batch_size: int):
 
 
 def predict(eval_fn, variables, loader, mesh) -> dict:
-  """Logits `[N, C]` of every real example of `loader` (padding removed), with labels and
-  superclasses, on every process. Batches are dispatched asynchronously and fetched once."""
+  """Logits `[N, C]` of every real example of `loader` (padding removed, dataset order), with
+  labels and superclasses (and `features` when `eval_fn` returns them), on every process.
+  Batches are dispatched asynchronously and fetched once."""
   outputs = []
   for batch in loader.epoch(0):
     batch = {key: batch[key] for key in ("image", "label", "mask", "superclass") if key in batch}
     batch = parallel.shard_batch(batch, mesh)
-    outputs.append({"logits": eval_fn(variables, batch["image"]),
+    out = eval_fn(variables, batch["image"])
+    outputs.append({**(out if isinstance(out, dict) else {"logits": out}),
                     **{key: batch[key] for key in batch if key != "image"}})
   host = parallel.to_host(outputs)
   joined = {key: np.concatenate([out[key] for out in host]) for key in host[0]}
@@ -35,6 +37,7 @@ def evaluate(eval_fn, variables, loader, mesh) -> dict:
   return metrics.evaluate_logits(out["logits"], out["label"], out.get("superclass"))
 
 
-def make_eval_fn(model):
-  """Jitted `(variables, images [B, ...]) -> logits [B, C]` float32, eval mode."""
-  return jax.jit(step_lib.make_eval_step(model))
+def make_eval_fn(model, with_features: bool = False):
+  """Jitted `step.make_eval_step`: logits `[B, C]` float32, eval mode (or a dict of logits
+  and penultimate features)."""
+  return jax.jit(step_lib.make_eval_step(model, with_features))

@@ -19,6 +19,7 @@ from kd_jax import methods
 from kd_jax import models
 from kd_jax import targets
 from kd_jax.train import checkpoint as ckpt_lib
+from kd_jax.train import data_selection
 from kd_jax.train import evaluate as eval_lib
 from kd_jax.train import parallel
 from kd_jax.train import report
@@ -51,8 +52,9 @@ def train_model(config, role: str, workdir: str, *, teacher: setup.Teacher | Non
     teacher: the teacher for methods that need one (`methods.needs_teacher`).
     data, mesh: reuse across roles (loaded/built when None).
     settings: model/method/optim/num_epochs (default `setup.role_settings(config, role)`).
-    selected: optional bool `[len(data.train)]`: examples the teacher supervises (data
-      selection); the others get plain CE.
+    selected: optional fixed bool `[len(data.train)]`: examples the teacher supervises;
+      the others get plain CE. When None and the method selects (`methods.selects`), the
+      selection rounds of `kd_jax.train.data_selection` compute it (and refresh it).
 
   Returns:
     summary dict (also `workdir/<role>/summary.json`); test metrics are of the final model.
@@ -76,6 +78,10 @@ def train_model(config, role: str, workdir: str, *, teacher: setup.Teacher | Non
   total_steps = settings.num_epochs * steps_per_epoch
   tx, schedule = state_lib.make_optimizer(settings.optim, steps_per_epoch)
   init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(seed))
+  selector = None
+  if selected is None and methods.selects(method):
+    selector = data_selection.make_selector(config, settings, teacher, data, mesh, model, seed)
+    selected = np.ones(len(data.train), bool)  # replaced by round 0; fixes the ckpt layout
   state = state_lib.create_train_state(model, tx, init_rng, info.input_shape)
   keys = step_lib.metric_keys(method, info.num_classes)
   state, accum, rng, selected = parallel.replicate(
@@ -91,7 +97,8 @@ def train_model(config, role: str, workdir: str, *, teacher: setup.Teacher | Non
                                   ckpt_lib.abstract(train_tree()))
   meta = dict(role=role, model=settings.model, num_classes=info.num_classes,
               dataset=info.name, seed=int(config.seed), epoch=0, step_in_epoch=0, step=0,
-              best_val_accuracy=None, best_val_step=None, train_seconds=0.0)
+              best_val_accuracy=None, best_val_step=None, train_seconds=0.0,
+              selection=[], selection_epoch=None)
   if restored is not None:
     variables, train, meta = restored["variables"], restored["train"], restored["meta"]
     state = state.replace(params=variables["params"],
@@ -149,9 +156,19 @@ def train_model(config, role: str, workdir: str, *, teacher: setup.Teacher | Non
     return values
 
   restored_seconds = float(meta["train_seconds"])
+  selection_config = config.get("selection") or data_selection.default_config()
   for epoch in range(start_epoch, settings.num_epochs):
     if start == 0:
       accum = reset(accum, "epoch")
+    if (selector and data_selection.is_round(selection_config, epoch)
+        and meta.get("selection_epoch") != epoch):
+      tick = time.time()
+      mask, stats = selector(state.variables, epoch)
+      selected = parallel.replicate(mask, mesh)
+      meta.update(selection=list(meta.get("selection") or []) + [stats], selection_epoch=epoch)
+      logging.info("%s selection round at epoch %d: %s", role, epoch, stats)
+      if clock.get("first_step") is not None:  # else already inside first_step's time
+        clock["excluded"] += time.time() - tick
     for in_epoch, batch in enumerate(loader.epoch(epoch, start), start=start + 1):
       state, accum = train_step(state, accum, parallel.shard_batch(batch, mesh),
                                 teacher_inputs, class_similarity, selected, rng)
@@ -217,7 +234,8 @@ def train_model(config, role: str, workdir: str, *, teacher: setup.Teacher | Non
       images_per_second=images_per_second if clock["images"] else None,
       train_step_compilations=train_step._cache_size(),  # pylint: disable=protected-access
       teacher=teacher and teacher.source,
-      teacher_test_accuracy=teacher and getattr(teacher, "test_accuracy", None))
+      teacher_test_accuracy=teacher and getattr(teacher, "test_accuracy", None),
+      selection=meta.get("selection") or None)
   writer.close()
   ckpts.close()
   if parallel.is_primary():
@@ -256,6 +274,7 @@ def prepare(config):
   """(mesh, data) after every check of the config; raises ValueError on bad input."""
   data = setup.load_data(config)
   setup.check_config(config, data.info.num_classes)
+  data_selection.check_config(config, data.val is not None)
   return parallel.make_mesh(), data
 
 

@@ -132,8 +132,12 @@ def make_train_step(model, method_config, steps_per_epoch: int,
   return train_step
 
 
-def make_eval_step(model):
-  """`eval_step(variables, images [B, ...]) -> logits [B, C]` float32, eval mode."""
+def make_eval_step(model, with_features: bool = False):
+  """`eval_step(variables, images [B, ...]) -> logits [B, C]` float32, eval mode; with
+  `with_features`, a dict of logits and the penultimate `features [B, D]` (float32)."""
   def eval_step(variables, images):
+    if with_features:
+      logits, features = model.apply(variables, images, train=False, return_features=True)
+      return {"logits": logits.astype(jnp.float32), "features": features.astype(jnp.float32)}
     return model.apply(variables, images, train=False).astype(jnp.float32)
   return eval_step

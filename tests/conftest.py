@@ -1,0 +1,31 @@
+"""Shared fixtures."""
+
+import io
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture
+def mock_tfds(monkeypatch, tmp_path):
+  """tfds.testing.mock_data for `tfds.data_source`, without TensorFlow.
+
+  Two patches make the mock work without TensorFlow: the mocked `__getitems__` is set on a
+  MagicMock as a plain attribute, so it is called without `self` (a TFDS bug), and images
+  of skipped decoding are encoded by TensorFlow, replaced here by a PIL PNG encoder.
+  """
+  tfds = pytest.importorskip("tensorflow_datasets")
+  from PIL import Image
+  from tensorflow_datasets.testing import mocking
+
+  def encode_png(self, image):
+    del self
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(image, np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+  monkeypatch.setattr(tfds.features.Image, "encode_example", encode_png)
+  monkeypatch.setattr(mocking, "_getitems", lambda keys, generator, serialized=False:
+                      [generator[k] for k in keys])
+  with tfds.testing.mock_data(num_examples=40):
+    yield str(tmp_path)
