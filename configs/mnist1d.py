@@ -20,6 +20,8 @@ def get_config():
   c.teacher = common.teacher("cnn1d_large", "ce")
   # T=4 with equal CE and KD weights: on this small student, beats CE (0.1/0.9 does not).
   c.student = common.student("cnn1d_small", "kd", temperature=4.0, ce_weight=0.5, kd_weight=0.5)
+  # Data Selection (kd_ds, lr_ds, ...): re-scored on the current student every 10 epochs.
+  c.selection.refresh_epochs = 10
   c.log_every_steps = 50
   c.checkpoint.every_steps = 500
   return c

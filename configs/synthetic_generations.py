@@ -8,8 +8,7 @@ from the previous generation's final checkpoint. Runs in a few minutes on 2 CPU 
       [--config.teacher.method.tsd_eta=0.0]   # a strict patriarch, for comparison
 """
 
-from configs import common
-from configs import synthetic
+from configs import common, synthetic
 from kd_jax import generations
 
 

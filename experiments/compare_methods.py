@@ -18,33 +18,27 @@ A variant is `label` or `label:key=value;key=value` with `--config.` keys, e.g.
 import argparse
 import json
 import os
-import subprocess
-import sys
-import time
 
 import numpy as np
+from cli_runs import mean_std, parse_overrides, run_cli, runner_command
 
 
 def parse_variant(text):
   label, _, rest = text.partition(":")
-  overrides = dict(item.split("=", 1) for item in rest.split(";") if item)
+  overrides = parse_overrides(rest)
   overrides.setdefault("student.method.name", label)
   return label, overrides
 
 
-def run_cli(config, workdir, overrides, log_path):
-  command = [sys.executable, "-m", "kd_jax.main", f"--config={config}", f"--workdir={workdir}"]
-  command += [f"--config.{key}={value}" for key, value in overrides.items()]
-  os.makedirs(workdir, exist_ok=True)
-  start = time.time()
-  with open(log_path, "a") as log:
-    subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)
-  return " ".join(["python", *command[1:]]), time.time() - start
-
-
-def mean_std(values):
-  values = np.asarray(values, float)
-  return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+def _extra_per_seed(runs):
+  """ECE, training time and, for Data Selection, the last round's selection statistics."""
+  extra = {key: [r.get(key) for r in runs] for key in ("ece", "train_seconds")}
+  last_rounds = [(r.get("selection") or [None])[-1] for r in runs]
+  if any(last_rounds):
+    for key in ("selected_ratio", "teacher_wrong_share", "teacher_wrong_share_selected",
+                "teacher_wrong_share_rest"):
+      extra[f"selection_{key}"] = [round_ and round_[key] for round_ in last_rounds]
+  return extra
 
 
 def main():
@@ -58,7 +52,7 @@ def main():
   args = parser.parse_args()
   seeds = [int(s) for s in args.seeds.split(",")]
   variants = [parse_variant(v) for v in args.variants.split(",")]
-  extra = dict(item.split("=", 1) for item in args.extra.split(";") if item)
+  extra = parse_overrides(args.extra)
   workdir = args.workdir or os.path.join(args.out, "runs")
   log_path = os.path.join(args.out, "runs.log")
   os.makedirs(args.out, exist_ok=True)
@@ -88,20 +82,20 @@ def main():
   table = {}
   for label, runs in rows.items():
     last = mean_std([r["test_accuracy"] for r in runs])
-    best = mean_std([r["best_val_checkpoint_test_accuracy"] for r in runs
-                     if r.get("best_val_checkpoint_test_accuracy") is not None] or [np.nan])
+    best = (mean_std([r.get("best_val_checkpoint_test_accuracy") for r in runs])
+            or (np.nan, np.nan))
     table[label] = dict(last_epoch_test_accuracy=last, best_val_checkpoint_test_accuracy=best,
                         per_seed_last_epoch=[r["test_accuracy"] for r in runs],
-                        extra_per_seed={k: [r.get(k) for r in runs] for k in
-                                        ("ece", "train_seconds", "selected_ratio")
-                                        if any(k in r for r in runs)})
+                        extra_per_seed=_extra_per_seed(runs))
+  runner = runner_command("experiments/compare_methods.py")
   results = dict(config=args.config, seeds=seeds, variants=dict(variants), extra=extra,
-                 commands=commands, table=table)
+                 runner=runner, commands=commands, table=table)
   with open(os.path.join(args.out, "results.json"), "w") as f:
     json.dump(results, f, indent=1)
   lines = [f"Config `{args.config}`, seeds {seeds}, extra overrides {extra or 'none'}.",
-           "Test accuracy, mean +- std over seeds. `last epoch`: the final model (reported "
-           "number); `best-val ckpt`: the checkpoint chosen on the held-out validation slice.",
+           f"Reproduce: `{runner}`", "",
+           ("Test accuracy, mean +- std over seeds. `last epoch`: the final model (reported "
+            "number); `best-val ckpt`: the checkpoint chosen on the held-out validation slice."),
            "", "| model | last epoch | best-val ckpt | per seed (last epoch) |",
            "|---|---|---|---|"]
   for label, entry in table.items():
@@ -111,7 +105,7 @@ def main():
   lines += ["", "Commands:", "", *[f"    {c}" for c in commands]]
   with open(os.path.join(args.out, "results.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
-  print("\n".join(lines[:len(table) + 5]))
+  print("\n".join(lines[:len(table) + 7]))
 
 
 if __name__ == "__main__":

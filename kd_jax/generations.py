@@ -54,15 +54,10 @@ import os
 import ml_collections
 import numpy as np
 
-from kd_jax import methods
-from kd_jax import metrics
-from kd_jax import models
+from kd_jax import methods, metrics, models
 from kd_jax.train import checkpoint as ckpt_lib
 from kd_jax.train import evaluate as eval_lib
-from kd_jax.train import loop
-from kd_jax.train import parallel
-from kd_jax.train import report
-from kd_jax.train import setup
+from kd_jax.train import loop, parallel, report, setup
 
 LOGITS, TARGETS, PLOT = "test_logits.npy", "test_targets.npz", "generations.png"
 
@@ -170,7 +165,7 @@ def test_predictions(workdir: str, generation: int, settings, data, mesh, config
 
 def _test_targets(workdir: str) -> tuple[np.ndarray, np.ndarray | None]:
   with np.load(os.path.join(workdir, TARGETS)) as f:
-    return f["label"], (f["superclass"] if "superclass" in f else None)
+    return f["label"], f.get("superclass")
 
 
 def _entry(config, generation: int, settings, summary: dict, test: dict) -> dict:

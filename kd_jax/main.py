@@ -12,14 +12,11 @@ NaN/inf (the last good checkpoint is kept).
 
 import sys
 
-from absl import app
-from absl import flags
-from absl import logging
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from kd_jax import generations
-from kd_jax.train import loop
-from kd_jax.train import parallel
+from kd_jax.train import loop, parallel
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config "
                                           "file (configs/*.py).", lock_config=True)

@@ -25,9 +25,9 @@ T = 1 this has the gradient of Tang et al.'s `H(target, z_s)`. With `revise=True
 Revision (`targets.revise`, parameter `eta`).
 """
 
-import ml_collections
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from kd_jax import losses, targets
 

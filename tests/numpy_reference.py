@@ -227,3 +227,11 @@ def dkd_to_targets(student_logits, targets, labels, alpha, beta, temperature):
   with np.errstate(divide="ignore"):
     teacher_logits = temperature * np.log(_f64(targets))
   return dkd(student_logits, teacher_logits, labels, alpha, beta, temperature)
+
+
+def assert_error_names(arg, value, call):
+  """`call(value)` raises a ValueError whose message names `arg`, then the bad `value`."""
+  import pytest  # pylint: disable=g-import-not-at-top
+  shown = f"{value:g}" if isinstance(value, float) else str(value)
+  with pytest.raises(ValueError, match=rf"{arg}[\s\S]*{shown}"):
+    call(value)

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from kd_jax import data
-from kd_jax.data import augment, loader as loader_lib, offline, synthetic
+from kd_jax.data import augment, offline, synthetic
+from kd_jax.data import loader as loader_lib
 
 # --- offline datasets ----------------------------------------------------------------------
 

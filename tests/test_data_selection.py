@@ -9,13 +9,10 @@ import shutil
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-
-from kd_jax import methods
-from kd_jax import selection
-from kd_jax.train import data_selection
-from kd_jax.train import loop
-from kd_jax.train import setup
 import trainer_util
+
+from kd_jax import methods, selection
+from kd_jax.train import data_selection, loop, setup
 
 NUM_TRAIN = 576 - 64  # TINY_OVERRIDES: 576 examples, 64 held out
 

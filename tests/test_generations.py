@@ -11,11 +11,11 @@ import time
 
 import numpy as np
 import pytest
+import trainer_util
 from scipy import special
 
 from kd_jax import data as data_lib
 from kd_jax import generations
-import trainer_util
 
 CONFIG = "configs/synthetic_generations.py"
 OVERRIDES = {**trainer_util.TINY_OVERRIDES, "teacher.model": "mlp_small",

@@ -9,14 +9,14 @@ import functools
 import math
 
 import hypothesis
-from hypothesis import strategies as st
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpy_reference as ref
 import pytest
+from hypothesis import strategies as st
 
 from kd_jax import losses
-import numpy_reference as ref
 
 T = 4.0            # the CIFAR protocol's temperature; a power of 2, so z / T is exact
 ALPHA, BETA = 1.0, 8.0
@@ -77,7 +77,7 @@ def _values_and_grads(d):
   return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _run(b, c):
   d = _inputs(b, c)
   return d, jax.tree.map(np.asarray, _values_and_grads(d))
@@ -98,7 +98,7 @@ def test_grad_matches_finite_differences(b, c):
   # jax.grad in float32 vs central differences of the float64 reference at the same point.
   d, results = _run(b, c)
   for name, (_, grad) in results.items():
-    fd = ref.fd_grad(lambda zs: LOSSES[name](ref, _with(d, zs=zs)), d["zs"])
+    fd = ref.fd_grad(lambda zs, name=name: LOSSES[name](ref, _with(d, zs=zs)), d["zs"])
     assert grad.shape == (b, c), name
     np.testing.assert_allclose(grad, fd, rtol=1e-4, atol=1e-5 * max(1.0, np.abs(fd).max()),
                                err_msg=name)
@@ -254,7 +254,7 @@ def test_jit_and_vmap_match_loop():
   vmapped = jax.jit(jax.vmap(_all_values))(stacked)
   jitted = jax.jit(_all_values)
   loop = [jitted(d) for d in ds]
-  for name in LOSSES:
+  for name in LOSSES:  # noqa: PLC0206 (the values are functions; only names are used)
     expected = np.stack([np.asarray(out[name]) for out in loop])
     assert vmapped[name].shape == (n, b), name
     np.testing.assert_allclose(vmapped[name], expected, rtol=1e-6, atol=1e-6, err_msg=name)
@@ -338,9 +338,7 @@ def _bad_calls():
 @pytest.mark.parametrize("arg,value,call", _bad_calls(),
                          ids=lambda x: x if isinstance(x, (str, int, float)) else "")
 def test_invalid_arguments_raise(arg, value, call):
-  shown = f"{value:g}" if isinstance(value, float) else str(value)
-  with pytest.raises(ValueError, match=rf"{arg}[\s\S]*{shown}"):
-    call(value)
+  ref.assert_error_names(arg, value, call)
 
 
 def test_default_num_secondary_needs_six_classes():

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import kd_jax.models as models
+from kd_jax import models
 from kd_jax.models import layers
 
 # Exact trainable parameter counts (BN running stats excluded) for 100 classes, derived from

@@ -19,7 +19,7 @@ from kd_jax import models
 from kd_jax.models import shufflenet
 
 torch = pytest.importorskip("torch")
-import torch_reference_b as torch_ref  # noqa: E402  (needs torch)
+import torch_reference_b as torch_ref
 
 # name: (torch reference, num_classes, input side, exact trainable parameters, published M)
 CASES = {

@@ -9,16 +9,15 @@ import functools
 import math
 
 import hypothesis
-from hypothesis import strategies as st
 import hypothesis.extra.numpy as hnp
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
-
-from kd_jax import losses
-from kd_jax import targets
 import numpy_reference as ref
+import pytest
+from hypothesis import strategies as st
+
+from kd_jax import losses, targets
 
 SHAPES = [(4, 2), (3, 10), (2, 100), (2, 1000)]   # (B, C)
 ETA, EPS, TAU, DIM = 0.8, 0.2, 0.5, 16
@@ -322,6 +321,4 @@ def _bad_calls():
 @pytest.mark.parametrize("arg,value,call", _bad_calls(),
                          ids=lambda x: x if isinstance(x, (str, int, float)) else "")
 def test_invalid_arguments_raise(arg, value, call):
-  shown = f"{value:g}" if isinstance(value, float) else str(value)
-  with pytest.raises(ValueError, match=rf"{arg}[\s\S]*{shown}"):
-    call(value)
+  ref.assert_error_names(arg, value, call)

@@ -7,7 +7,7 @@ torch = pytest.importorskip("torch")
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-import kd_jax.models as models  # pylint: disable=wrong-import-position
+from kd_jax import models  # pylint: disable=wrong-import-position
 from tests import torch_reference  # pylint: disable=wrong-import-position
 
 CIFAR_MODELS = ["resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56",

@@ -9,14 +9,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import trainer_util
 
-from kd_jax import methods
-from kd_jax import models
-from kd_jax.train import loop
-from kd_jax.train import parallel
+from kd_jax import methods, models
+from kd_jax.train import loop, parallel
 from kd_jax.train import state as state_lib
 from kd_jax.train import step as step_lib
-import trainer_util
 
 
 def _batch(rng, n, dim=16, num_classes=10, pad=0):
@@ -130,13 +128,15 @@ def test_run_writes_outputs_and_skips_finished_stages(tmp_path, capsys):
     role_dir = os.path.join(workdir, role)
     assert os.path.exists(os.path.join(role_dir, "curves.png"))
     assert os.listdir(os.path.join(role_dir, "tensorboard"))
-    records = [json.loads(l) for l in open(os.path.join(role_dir, "metrics.jsonl"))]
+    with open(os.path.join(role_dir, "metrics.jsonl")) as f:
+      records = [json.loads(line) for line in f]
     assert {"train", "train_epoch", "val", "test", "final_test"} <= {r["split"] for r in records}
-    final = [r for r in records if r["split"] == "final_test"][0]
+    final = next(r for r in records if r["split"] == "final_test")
     assert final["accuracy"] == s["test_accuracy"]
   assert summary["student"]["teacher_test_accuracy"] == summary["teacher"]["test_accuracy"]
   assert summary["teacher"]["test_accuracy"] > 0.5  # 10 separable classes: far above 0.1
-  assert json.load(open(os.path.join(workdir, "config.json")))["num_epochs"] == 2
+  with open(os.path.join(workdir, "config.json")) as f:
+    assert json.load(f)["num_epochs"] == 2
   assert trainer_util.read_summary(workdir) == json.loads(json.dumps(summary))
 
   # Rerun: nothing is retrained (teacher and student summaries are reused as they are).

@@ -1,11 +1,10 @@
 """Bad input fails fast with one line naming the field, its value and what is allowed."""
 
-import subprocess
 
 import pytest
+import trainer_util
 
 from kd_jax.train import loop
-import trainer_util
 
 
 @pytest.mark.parametrize("overrides, expected", [

@@ -6,7 +6,6 @@ import subprocess
 
 import numpy as np
 import pytest
-
 import trainer_util
 
 

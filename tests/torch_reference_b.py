@@ -9,9 +9,8 @@ Importing this file needs torch; the tests import it after `pytest.importorskip(
 """
 
 import torch
-from torch import nn
 import torch.nn.functional as F
-
+from torch import nn
 
 # ----------------------------------------------------------------------------- MobileNetV2
 

@@ -26,7 +26,7 @@ import dataclasses
 import functools
 import queue
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 

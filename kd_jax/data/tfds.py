@@ -15,10 +15,10 @@ import concurrent.futures
 import dataclasses
 import functools
 import io
-import logging
 import os
 
 import numpy as np
+from absl import logging
 
 from kd_jax.data import augment
 from kd_jax.data.source import DatasetInfo, check_indices

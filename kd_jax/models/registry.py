@@ -8,7 +8,7 @@ implementation (RepDistiller / mdistiller / torchvision) calls it, for checkpoin
 """
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import flax.linen as nn
 

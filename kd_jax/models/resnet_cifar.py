@@ -12,7 +12,7 @@ and start from kaiming_normal(fan_out) like RepDistiller.
 """
 
 import functools
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp

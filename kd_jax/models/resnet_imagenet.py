@@ -18,7 +18,7 @@ shortcut `downsample_0`/`downsample_1` (torchvision) or `shortcut_0`/`shortcut_1
 """
 
 import functools
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp

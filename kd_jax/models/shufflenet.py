@@ -18,7 +18,8 @@ mean; we take the global mean for every input size.
 """
 
 import functools
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax

@@ -19,7 +19,7 @@ the features are the input of the `classifier` Dense layer. Only the `*_large` C
 BatchNorm (so only they have 'batch_stats').
 """
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp

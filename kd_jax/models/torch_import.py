@@ -27,7 +27,8 @@ Flatten order differs (torch NCHW, Flax NHWC), so a Linear that reads a flattene
 importable models has one.
 """
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -105,7 +106,7 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], name: str, num_clas
   torch_classifier = registry.info(name).torch_classifier
   if torch_classifier is None:
     raise ValueError(f"model {name!r} has no PyTorch counterpart to import from")
-  state_dict = {(k[len("module."):] if k.startswith("module.") else k): np.asarray(v)
+  state_dict = {(k.removeprefix("module.")): np.asarray(v)
                 for k, v in state_dict.items()}
   _check_num_classes(state_dict, torch_classifier, num_classes)
 
@@ -189,7 +190,7 @@ def load_torch_checkpoint(path: str, name: str, num_classes: int, *, prefix: str
   checkpoint = torch.load(path, map_location="cpu", weights_only=True)
   state_dict = {}
   for k, v in _unwrap(checkpoint).items():
-    k = k[len("module."):] if k.startswith("module.") else k
+    k = k.removeprefix("module.")
     if prefix:
       if not k.startswith(prefix):
         continue

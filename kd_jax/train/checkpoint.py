@@ -17,9 +17,9 @@ directory and renames it when complete, so a run killed mid-save leaves no parti
 import os
 import shutil
 
-from absl import logging
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 
 from kd_jax.train import parallel
 

@@ -39,9 +39,7 @@ import ml_collections
 import numpy as np
 from ml_collections import config_dict
 
-from kd_jax import methods
-from kd_jax import selection
-from kd_jax import targets
+from kd_jax import methods, selection, targets
 from kd_jax.train import evaluate as eval_lib
 
 MODELS = ("student", "teacher")

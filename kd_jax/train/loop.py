@@ -10,20 +10,15 @@ import dataclasses
 import os
 import time
 
-from absl import logging
 import jax
 import numpy as np
+from absl import logging
 
 from kd_jax import data as data_lib
-from kd_jax import methods
-from kd_jax import models
-from kd_jax import targets
+from kd_jax import methods, models, targets
 from kd_jax.train import checkpoint as ckpt_lib
-from kd_jax.train import data_selection
+from kd_jax.train import data_selection, parallel, report, setup
 from kd_jax.train import evaluate as eval_lib
-from kd_jax.train import parallel
-from kd_jax.train import report
-from kd_jax.train import setup
 from kd_jax.train import state as state_lib
 from kd_jax.train import step as step_lib
 

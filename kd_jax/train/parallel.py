@@ -9,9 +9,9 @@ slice of every global batch and `shard_batch` assembles the global array with
 """
 
 import jax
+import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-import numpy as np
 
 DATA_AXIS = "data"
 

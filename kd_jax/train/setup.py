@@ -13,8 +13,7 @@ import ml_collections
 import numpy as np
 
 from kd_jax import data as data_lib
-from kd_jax import methods
-from kd_jax import models
+from kd_jax import methods, models
 from kd_jax.train import checkpoint as ckpt_lib
 from kd_jax.train import parallel
 from kd_jax.train import state as state_lib
@@ -67,7 +66,7 @@ def role_settings(config, role: str) -> ml_collections.ConfigDict:
   """The model/method/optimizer/epochs of `role`; roles without a block (e.g.
   `generation_2`) use the student's. Per-role `num_epochs`/`learning_rate` override the
   shared ones when set."""
-  block = config[role] if role in config else config.student
+  block = config.get(role, config.student)
   optim = ml_collections.ConfigDict(config.optim.to_dict())
   num_epochs = block.get("num_epochs") or config.num_epochs
   if block.get("learning_rate"):

@@ -12,11 +12,11 @@ from typing import Any
 
 import flax
 import flax.linen as nn
-from flax.training import train_state
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax.training import train_state
 
 
 class TrainState(train_state.TrainState):

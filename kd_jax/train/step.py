@@ -12,7 +12,7 @@ step): `{"window": sums since the last log, "epoch": sums since the epoch began}
 update was skipped) and one sum per diagnostic of the method (`ce`, `teacher_term`, `beta`...).
 """
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
