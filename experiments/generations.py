@@ -28,7 +28,7 @@ def run_chain(config, workdir, overrides, log_path):
 def tabulate(summaries):
   """{entry name: {metric: (mean, std)}} over seeds, for generation_<g> and ensemble_<g>."""
   names = sorted({k for s in summaries for k in s if k.startswith(("generation_", "ensemble_"))},
-                 key=lambda k: (k.split("_")[0], int(k.split("_")[1])))
+                 key=lambda k: (k.startswith("ensemble_"), int(k.split("_")[1])))
   return {name: {metric: mean_std([s[name]["test_metrics"].get(metric) for s in summaries
                                    if name in s]) for metric in METRICS} for name in names}
 
@@ -46,6 +46,7 @@ def plot(table, path):
       stds = np.array([rows[k]["accuracy"][1] for k in keys])
       label = f"eta={eta} {'single' if prefix == 'generation_' else 'ensemble 1..g'}"
       ax.errorbar(gens, means, yerr=stds, fmt=style, capsize=3, label=label)
+  ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
   ax.set_xlabel("generation g")
   ax.set_ylabel("test accuracy (last epoch)")
   ax.grid(alpha=0.3)

@@ -98,11 +98,6 @@ def is_round(settings_config, epoch: int) -> bool:
   return epoch == 0 or (refresh > 0 and epoch % refresh == 0)
 
 
-def _predict(model, variables, source, mesh, batch_size, with_features):
-  eval_fn = eval_lib.make_eval_fn(model, with_features=with_features)
-  return eval_lib.predict(eval_fn, variables, eval_lib.eval_loader(source, batch_size), mesh)
-
-
 def round_statistics(scores, mask, teacher_wrong, bins: int) -> dict:
   """Selected count/ratio, the score histogram, teacher-wrong share inside/outside."""
   counts, edges = np.histogram(scores, bins=bins)
@@ -127,15 +122,19 @@ def make_selector(config, settings, teacher, data, mesh, student_model, seed: in
   l2 = float(settings.optim.weight_decay if s.l2 is None else s.l2)
   batch_size = int(config.eval_batch_size)
   cache = {}
+  teacher_features = s.criterion == "influence" and s.model == "teacher"
+  # Built once: a refresh round reuses the compiled forward passes.
+  teacher_fn = eval_lib.make_eval_fn(teacher.model, with_features=teacher_features)
+  student_fn = eval_lib.make_eval_fn(student_model, with_features=True)
+
+  def predict(eval_fn, variables, source):
+    return eval_lib.predict(eval_fn, variables, eval_lib.eval_loader(source, batch_size), mesh)
 
   def teacher_outputs():
     if "teacher" not in cache:
-      want_features = s.criterion == "influence" and s.model == "teacher"
-      cache["teacher"] = _predict(teacher.model, teacher.variables, data.train, mesh,
-                                  batch_size, want_features)
-      if want_features:
-        cache["teacher_val"] = _predict(teacher.model, teacher.variables, data.val, mesh,
-                                        batch_size, True)
+      cache["teacher"] = predict(teacher_fn, teacher.variables, data.train)
+      if teacher_features:
+        cache["teacher_val"] = predict(teacher_fn, teacher.variables, data.val)
     return cache["teacher"]
 
   def influence(student_variables, out):
@@ -146,8 +145,8 @@ def make_selector(config, settings, teacher, data, mesh, student_model, seed: in
       model_variables, train_out, val_out = teacher.variables, out, cache["teacher_val"]
     else:
       model_variables = student_variables
-      train_out = _predict(student_model, student_variables, data.train, mesh, batch_size, True)
-      val_out = _predict(student_model, student_variables, data.val, mesh, batch_size, True)
+      train_out = predict(student_fn, student_variables, data.train)
+      val_out = predict(student_fn, student_variables, data.val)
     classifier = jax.device_get(model_variables["params"]["classifier"])
     return selection.influence_scores(
         train_out["features"], probs, classifier["kernel"], classifier["bias"],
