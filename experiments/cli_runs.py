@@ -1,5 +1,7 @@
 """Shared by the experiment scripts: run the real CLI, parse overrides, mean +- std."""
 
+import argparse
+import dataclasses
 import os
 import shlex
 import subprocess
@@ -39,3 +41,32 @@ def mean_std(values):
 def runner_command(script: str) -> str:
   """The command line that reproduces this script's run."""
   return shlex.join(["python", script, *sys.argv[1:]])
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+  """The options every experiment script shares, parsed."""
+  args: argparse.Namespace
+  seeds: list
+  extra: dict
+  workdir: str
+  log_path: str
+
+
+def parse_experiment_args(description: str, default_config: str | None = None,
+                          **extra_flags) -> Experiment:
+  """--config, --seeds, --out, --workdir, --extra, plus `extra_flags` (name -> (default,
+  help)); creates the results folder OUT."""
+  parser = argparse.ArgumentParser(description=description)
+  parser.add_argument("--config", default=default_config, required=default_config is None)
+  parser.add_argument("--seeds", default="0,1,2")
+  parser.add_argument("--out", required=True, help="results folder (results.json/.md)")
+  parser.add_argument("--workdir", default="", help="runs' folder (default: OUT/runs)")
+  parser.add_argument("--extra", default="", help="overrides for every run, key=value;...")
+  for name, (default, help_text) in extra_flags.items():
+    parser.add_argument(f"--{name}", default=default, help=help_text)
+  args = parser.parse_args()
+  os.makedirs(args.out, exist_ok=True)
+  return Experiment(args, [int(s) for s in args.seeds.split(",")], parse_overrides(args.extra),
+                    args.workdir or os.path.join(args.out, "runs"),
+                    os.path.join(args.out, "runs.log"))

@@ -15,12 +15,11 @@ A variant is `label` or `label:key=value;key=value` with `--config.` keys, e.g.
 `student.method.name=label`. Runs that finished are skipped on rerun (the CLI's own resume).
 """
 
-import argparse
 import json
 import os
 
 import numpy as np
-from cli_runs import mean_std, parse_overrides, run_cli, runner_command
+from cli_runs import mean_std, parse_experiment_args, parse_overrides, run_cli, runner_command
 
 
 def parse_variant(text):
@@ -42,20 +41,11 @@ def _extra_per_seed(runs):
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--config", required=True)
-  parser.add_argument("--seeds", default="0,1,2")
-  parser.add_argument("--variants", default="ce,kd")
-  parser.add_argument("--out", required=True, help="results folder (results.json/.md)")
-  parser.add_argument("--workdir", default="", help="runs' folder (default: OUT/runs)")
-  parser.add_argument("--extra", default="", help="overrides for every run, key=value;...")
-  args = parser.parse_args()
-  seeds = [int(s) for s in args.seeds.split(",")]
+  experiment = parse_experiment_args(__doc__.splitlines()[0],
+                                     variants=("ce,kd", "comma-separated variants"))
+  args, seeds, extra = experiment.args, experiment.seeds, experiment.extra
+  workdir, log_path = experiment.workdir, experiment.log_path
   variants = [parse_variant(v) for v in args.variants.split(",")]
-  extra = parse_overrides(args.extra)
-  workdir = args.workdir or os.path.join(args.out, "runs")
-  log_path = os.path.join(args.out, "runs.log")
-  os.makedirs(args.out, exist_ok=True)
 
   rows, commands = {}, []
   for seed in seeds:

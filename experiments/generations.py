@@ -9,12 +9,11 @@ secondary-information metrics, as mean +- std over seeds. Finished runs are skip
       --seeds=0,1,2 --etas=0.0,0.6 --out=experiments/results/synthetic_generations
 """
 
-import argparse
 import json
 import os
 
 import numpy as np
-from cli_runs import mean_std, parse_overrides, run_cli, runner_command
+from cli_runs import mean_std, parse_experiment_args, run_cli, runner_command
 
 METRICS = ("accuracy", "secondary_in_superclass", "mean_entropy", "top_gap", "ece")
 
@@ -57,20 +56,11 @@ def plot(table, path):
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--config", default="configs/synthetic_generations.py")
-  parser.add_argument("--seeds", default="0,1,2")
-  parser.add_argument("--etas", default="0.0,0.6", help="patriarch tsd_eta values")
-  parser.add_argument("--out", required=True, help="results folder")
-  parser.add_argument("--workdir", default="", help="runs' folder (default: OUT/runs)")
-  parser.add_argument("--extra", default="", help="overrides for every run, key=value;...")
-  args = parser.parse_args()
-  seeds = [int(s) for s in args.seeds.split(",")]
+  experiment = parse_experiment_args(__doc__.splitlines()[0], "configs/synthetic_generations.py",
+                                     etas=("0.0,0.6", "patriarch tsd_eta values"))
+  args, seeds, extra = experiment.args, experiment.seeds, experiment.extra
+  workdir, log_path = experiment.workdir, experiment.log_path
   etas = [float(e) for e in args.etas.split(",")]
-  extra = parse_overrides(args.extra)
-  workdir = args.workdir or os.path.join(args.out, "runs")
-  os.makedirs(args.out, exist_ok=True)
-  log_path = os.path.join(args.out, "runs.log")
 
   commands, summaries = [], {eta: [] for eta in etas}
   for seed in seeds:

@@ -39,10 +39,9 @@ H = I (a TracIn-style gradient dot product). H is symmetric, so one solve serves
 examples: `influence_scores` = `influence_vector` (the solve) + `example_scores` (the
 O(N D C) pass), and callers may reuse a vector to rescore.
 
-Every pass over the N examples is a Python loop over fixed-size chunks (the last one padded
-and masked, so each jitted kernel compiles once); features may be a NumPy array in host
-memory (each chunk is copied to the device when used) or a device array. This module imports
-nothing else of kd_jax.
+Every pass over the N examples loops over fixed-size chunks (the last padded and masked, so
+each jitted kernel compiles once); features may be a host NumPy array (copied chunk by chunk)
+or a device array. This module imports nothing else of kd_jax.
 """
 
 import warnings

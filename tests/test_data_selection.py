@@ -60,6 +60,7 @@ def test_select_flag_turns_selection_on_for_any_teacher_method():
     ("refresh_epochs", -1, "selection.refresh_epochs=-1"),
     ("damping", -1.0, "selection.damping=-1.0"),
     ("margin_space", "log", "selection.margin_space='log'"),
+    ("influence_target", "label", "selection.influence_target='label'"),
 ])
 def test_check_config_names_the_bad_field(field, value, expected):
   config = _config()
@@ -135,11 +136,11 @@ def test_influence_selection_resumes_without_recomputing(tmp_path, capfd):
                                 _saved_selection(tmp_path / "reference" / "student", final))
 
 
-@pytest.mark.parametrize("criterion, model", [("influence", "teacher"),
-                                              ("teacher_correct", "student")])
-def test_other_criteria_and_scored_models_run(tmp_path, criterion, model):
+@pytest.mark.parametrize("criterion, model, target", [
+    ("influence", "teacher", "teacher_minus_label"), ("teacher_correct", "student", "teacher")])
+def test_other_criteria_and_scored_models_run(tmp_path, criterion, model, target):
   config = _config(selection__criterion=criterion, selection__model=model, num_epochs=1,
-                   student__method__name="dkd_lr_ds")
+                   selection__influence_target=target, student__method__name="dkd_lr_ds")
   rounds = loop.run(config, str(tmp_path))["student"]["selection"]
   assert len(rounds) == 1 and rounds[0]["num_selected"] == NUM_TRAIN // 2
   if criterion == "teacher_correct":  # keeps correct examples first
@@ -161,3 +162,21 @@ def test_lr_ds_on_cifar100_config_with_mock_tfds(mock_tfds, tmp_path):
   assert student["method"] == "lr_ds" and student["steps"] == 4  # 32 training examples
   assert student["selection"][0]["num_selected"] == 16
   assert np.isfinite(student["test_loss"])
+
+
+def test_teacher_minus_label_scores_the_switch_from_label_to_teacher():
+  rng = np.random.default_rng(0)
+  n, d, c = 40, 5, 4
+  x, ref_x = rng.normal(size=(n, d)), rng.normal(size=(12, d))
+  y, ref_y = rng.integers(0, c, n), rng.integers(0, c, 12)
+  t = rng.dirichlet(np.ones(c), n)
+  kernel, bias = 0.1 * rng.normal(size=(d, c)), np.zeros(c)
+  common = dict(l2=1e-2, hessian="exact", damping=1e-3)
+  switch = data_selection.influence_scores(x, t, y, kernel, bias, ref_x, ref_y,
+                                           target="teacher_minus_label", **common)
+  v_kernel, v_bias = selection.influence_vector(x, t, kernel, bias, ref_x, ref_y, **common)
+  expected = np.sum((x @ np.asarray(v_kernel) + np.asarray(v_bias)) * (np.eye(c)[y] - t), -1)
+  np.testing.assert_allclose(switch, expected, rtol=1e-4, atol=1e-6)
+  plain = data_selection.influence_scores(x, t, y, kernel, bias, ref_x, ref_y, **common)
+  np.testing.assert_allclose(plain, selection.influence_scores(x, t, kernel, bias, ref_x, ref_y,
+                                                               **common), rtol=1e-6)

@@ -20,6 +20,9 @@ Criteria (`selection.criterion`, all scores higher = keep; `kd_jax.selection`):
                    (`dataset.holdout` examples; the test split never selects anything).
                    H is the Hessian of the mean training CE to t plus `(l2/2)||kernel||^2`,
                    `l2` = `selection.l2`, default the optimizer's weight decay.
+                   `selection.influence_target="teacher_minus_label"` scores instead the
+                   influence of switching example i's target from its label to t_i,
+                   `g_ref^T H^{-1} (g_i(t_i) - g_i(e_y))`: the DS decision itself.
                    Scored model (`selection.model`): "student" (the current student, i.e. its
                    initialisation in round 0) or "teacher" (fixed: refreshing is a no-op).
   teacher_correct  1 where the teacher's argmax is the label.
@@ -43,6 +46,7 @@ from kd_jax import methods, selection, targets
 from kd_jax.train import evaluate as eval_lib
 
 MODELS = ("student", "teacher")
+INFLUENCE_TARGETS = ("teacher", "teacher_minus_label")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -51,6 +55,7 @@ def default_config() -> ml_collections.ConfigDict:
       criterion="influence",    # one of kd_jax.selection.CRITERIA
       ratio=0.5,                # share r of training examples the teacher supervises
       hessian="exact",          # "exact" (CG solve), "diagonal" or "identity"
+      influence_target="teacher",  # or "teacher_minus_label" (module docstring)
       l2=config_dict.placeholder(float),  # None: the optimizer's weight decay
       damping=1e-3,             # added to H's diagonal (exact, diagonal)
       model="student",          # whose features/classifier are scored: student or teacher
@@ -76,6 +81,8 @@ def check_config(config, has_validation: bool) -> None:
     _fail("ratio", s.ratio, "must be in (0, 1]")
   if s.hessian not in selection.HESSIANS:
     _fail("hessian", s.hessian, f"must be one of {selection.HESSIANS}")
+  if s.influence_target not in INFLUENCE_TARGETS:
+    _fail("influence_target", s.influence_target, f"must be one of {INFLUENCE_TARGETS}")
   if s.model not in MODELS:
     _fail("model", s.model, f"must be one of {MODELS}")
   if not isinstance(s.refresh_epochs, int) or s.refresh_epochs < 0:
@@ -109,6 +116,25 @@ def round_statistics(scores, mask, teacher_wrong, bins: int) -> dict:
       teacher_wrong_share=float(teacher_wrong.mean()),
       teacher_wrong_share_selected=float(teacher_wrong[mask].mean()) if mask.any() else None,
       teacher_wrong_share_rest=float(teacher_wrong[rest].mean()) if rest.any() else None)
+
+
+def influence_scores(features, teacher_targets, labels, kernel, bias, ref_features,
+                     ref_labels, *, l2, hessian, damping, target="teacher"):
+  """`[N]` influence scores (higher = keep) of teacher supervision, `selection.influence_target`.
+
+  "teacher": `score_i = g_ref^T H^{-1} g_i(t_i)` (`kd_jax.selection.influence_scores` with
+  the teacher targets `t [N, C]`). "teacher_minus_label": `g_ref^T H^{-1} (g_i(t_i) -
+  g_i(e_{y_i}))`, i.e. `(x_i V + v_b) . (e_y - t_i)` in closed form, the predicted effect of
+  switching example i from its label to its teacher target. H is built with the teacher
+  targets in both cases.
+  """
+  problem = (features, teacher_targets, kernel, bias)
+  vector = selection.influence_vector(*problem, ref_features, ref_labels, l2=l2,
+                                      hessian=hessian, damping=damping)
+  scores = selection.example_scores(*problem, vector)
+  if target == "teacher_minus_label":
+    scores = scores - selection.example_scores(features, labels, kernel, bias, vector)
+  return scores
 
 
 def make_selector(config, settings, teacher, data, mesh, student_model, seed: int):
@@ -148,10 +174,10 @@ def make_selector(config, settings, teacher, data, mesh, student_model, seed: in
       train_out = predict(student_fn, student_variables, data.train)
       val_out = predict(student_fn, student_variables, data.val)
     classifier = jax.device_get(model_variables["params"]["classifier"])
-    return selection.influence_scores(
-        train_out["features"], probs, classifier["kernel"], classifier["bias"],
-        val_out["features"], val_out["label"], l2=l2, hessian=s.hessian,
-        damping=float(s.damping))
+    return influence_scores(train_out["features"], probs, out["label"], classifier["kernel"],
+                            classifier["bias"], val_out["features"], val_out["label"], l2=l2,
+                            hessian=s.hessian, damping=float(s.damping),
+                            target=s.influence_target)
 
   def selector(student_variables, epoch: int):
     tick = time.time()
