@@ -194,7 +194,7 @@ def make_selector(config, settings, teacher, data, mesh, student_model, seed: in
     mask = selection.select(scores, float(s.ratio))
     teacher_wrong = np.argmax(out["logits"], axis=-1) != labels
     stats = dict(epoch=int(epoch), criterion=s.criterion, model=s.model, hessian=s.hessian,
-                 **round_statistics(scores, mask, teacher_wrong, int(s.histogram_bins)),
+                 influence_target=s.influence_target, **round_statistics(scores, mask, teacher_wrong, int(s.histogram_bins)),
                  seconds=time.time() - tick)
     return mask, stats
 
