@@ -54,8 +54,7 @@ import os
 import ml_collections
 import numpy as np
 
-from kd_jax import methods, metrics, models
-from kd_jax.train import checkpoint as ckpt_lib
+from kd_jax import methods, metrics
 from kd_jax.train import evaluate as eval_lib
 from kd_jax.train import loop, parallel, report, setup
 
@@ -124,19 +123,6 @@ def generation_settings(config, generation: int) -> ml_collections.ConfigDict:
   return settings
 
 
-def teacher_from_role(role_dir: str, model_name: str, info, mesh, summary: dict):
-  """The frozen `setup.Teacher` of a finished role: its final (newest) checkpoint."""
-  checkpoint_dir = os.path.join(role_dir, ckpt_lib.CHECKPOINTS)
-  step = ckpt_lib.read_meta(checkpoint_dir)["step"]
-  if step != summary["steps"]:
-    raise ValueError(f"{checkpoint_dir}: newest checkpoint is step {step}, but the finished "
-                     f"run ended at step {summary['steps']}; its final checkpoint is missing")
-  model = models.create(model_name, info.num_classes)
-  variables = setup.restore_trained(checkpoint_dir, model, info.input_shape, mesh)
-  return setup.Teacher(model_name, model, variables, os.path.abspath(role_dir),
-                       test_accuracy=summary["test_accuracy"])
-
-
 def _save_array(path: str, write) -> None:
   """Atomic write on the primary process (temporary file + rename), then a barrier."""
   if parallel.is_primary():
@@ -152,7 +138,7 @@ def test_predictions(workdir: str, generation: int, settings, data, mesh, config
   path = os.path.join(role_dir, LOGITS)
   if not os.path.exists(path):
     summary = report.read_json(os.path.join(role_dir, "summary.json"))
-    model = teacher_from_role(role_dir, settings.model, data.info, mesh, summary)
+    model = setup.trained_teacher(role_dir, settings.model, data.info, mesh, summary)
     out = eval_lib.predict(eval_lib.make_eval_fn(model.model), model.variables,
                            eval_lib.eval_loader(data.test, config.eval_batch_size), mesh)
     targets = {key: out[key] for key in ("label", "superclass") if key in out}
@@ -227,7 +213,7 @@ def _generation_step(config, workdir, data, mesh, carry: Carry, generation: int)
   role_dir = os.path.join(workdir, name)
   teacher = None
   if not os.path.exists(os.path.join(role_dir, "summary.json")) and generation:
-    teacher = teacher_from_role(carry.previous, settings.model, data.info, mesh,
+    teacher = setup.trained_teacher(carry.previous, settings.model, data.info, mesh,
                                 report.read_json(os.path.join(carry.previous, "summary.json")))
   summary = loop.train_model(config, name, workdir, teacher=teacher, data=data, mesh=mesh,
                              settings=settings)

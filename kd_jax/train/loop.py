@@ -287,19 +287,16 @@ def run(config, workdir: str, *, mesh=None, data=None) -> dict:
   teacher = None
   teacher_settings = setup.role_settings(config, "teacher")
   if setup.uses_teacher(config) or not config.student.model:
-    input_shape = data.info.input_shape
     if teacher_settings.checkpoint:
-      teacher = setup.load_teacher(teacher_settings, data.info.num_classes, input_shape, mesh)
+      teacher = setup.load_teacher(teacher_settings, data.info.num_classes,
+                                   data.info.input_shape, mesh)
       summary["teacher"] = evaluate_loaded_teacher(config, teacher, data, mesh, workdir)
+      teacher = dataclasses.replace(teacher, test_accuracy=summary["teacher"]["test_accuracy"])
     else:
       summary["teacher"] = train_model(config, "teacher", workdir, data=data, mesh=mesh,
                                        settings=teacher_settings)
-      model = models.create(teacher_settings.model, data.info.num_classes)
-      variables = setup.restore_trained(
-          os.path.join(workdir, "teacher", ckpt_lib.CHECKPOINTS), model, input_shape, mesh)
-      teacher = setup.Teacher(teacher_settings.model, model, variables,
-                              os.path.abspath(os.path.join(workdir, "teacher")))
-    teacher = dataclasses.replace(teacher, test_accuracy=summary["teacher"]["test_accuracy"])
+      teacher = setup.trained_teacher(os.path.join(workdir, "teacher"), teacher_settings.model,
+                                      data.info, mesh, summary["teacher"])
     print(f"kd_jax: {_teacher_line('teacher', summary['teacher'])}", flush=True)
   if config.student.model:
     summary["student"] = train_model(config, "student", workdir, teacher=teacher, data=data,

@@ -157,6 +157,20 @@ def load_teacher(settings, num_classes: int, input_shape, mesh) -> Teacher:
   return Teacher(settings.model, model, variables, os.path.abspath(path))
 
 
+def trained_teacher(role_dir: str, model_name: str, info, mesh, summary: dict) -> Teacher:
+  """The frozen `Teacher` of a finished role (`summary`: its summary.json): its final
+  (newest) checkpoint, never the best-validation one."""
+  checkpoint_dir = os.path.join(role_dir, ckpt_lib.CHECKPOINTS)
+  step = ckpt_lib.read_meta(checkpoint_dir)["step"]
+  if step != summary["steps"]:
+    raise ValueError(f"{checkpoint_dir}: newest checkpoint is step {step}, but the finished "
+                     f"run ended at step {summary['steps']}; its final checkpoint is missing")
+  model = models.create(model_name, info.num_classes)
+  variables = restore_trained(checkpoint_dir, model, info.input_shape, mesh)
+  return Teacher(model_name, model, variables, os.path.abspath(role_dir),
+                 test_accuracy=summary["test_accuracy"])
+
+
 def abstract_variables(model, input_shape, mesh) -> dict:
   """Shapes, dtypes and (replicated) shardings of `model`'s variables, without compute."""
   shapes = jax.eval_shape(lambda: state_lib.init_variables(model, jax.random.key(0),
