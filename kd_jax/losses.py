@@ -117,17 +117,22 @@ def kl_to_targets(student_logits, targets, temperature):
   return temperature**2 * optax.losses.kl_divergence(log_student, targets)
 
 
-def tsd(logits, num_secondary=5):
+def tsd(logits, num_secondary=5, labels=None):
   """Top score difference of Yang et al. (2019), the tolerant teacher's extra term.
 
-  With `p = p(z, 1)` sorted descending, `TSD = p_(1) - (1/K) sum_{k=2}^{K+1} p_(k)` for
-  `K = num_secondary`. Which classes are top and secondary is chosen under stop_gradient;
-  the probabilities themselves are differentiable, so minimising TSD lowers the top score
+  With `p = p(z, 1)`, `TSD = p_(1) - (1/K) sum_{k=2}^{K+1} p_(k)` for `K = num_secondary`,
+  where `p_(1)` is the primary class's probability and `p_(2..K+1)` the K largest of the
+  others. The primary class is the argmax of `p` (`labels=None`, the default) or the label
+  (`labels` given: Yang et al.'s alternative; on an example the model gets wrong the label's
+  probability is then the primary and the K largest others, the argmax among them, are the
+  secondary ones). Which classes are primary and secondary is chosen under stop_gradient;
+  the probabilities themselves are differentiable, so minimising TSD lowers the primary score
   and raises the K secondary ones.
 
   Args:
     logits: `[B, C]`.
     num_secondary: `K` in `[1, C-1]`.
+    labels: optional `[B]` integers in `[0, C)`: the primary class of each example.
 
   Returns:
     `[B]` float32 in `[-1, 1]`.
@@ -135,9 +140,32 @@ def tsd(logits, num_secondary=5):
   num_classes = logits.shape[-1]
   check_int_range("num_secondary", num_secondary, 1, num_classes - 1)
   probs = jax.nn.softmax(_as_float32(logits), axis=-1)
-  _, order = jax.lax.top_k(jax.lax.stop_gradient(probs), num_secondary + 1)
-  ranked = jnp.take_along_axis(probs, order, axis=-1)
-  return ranked[..., 0] - jnp.mean(ranked[..., 1:], axis=-1)
+  if labels is None:
+    _, order = jax.lax.top_k(jax.lax.stop_gradient(probs), num_secondary + 1)
+    ranked = jnp.take_along_axis(probs, order, axis=-1)
+    return ranked[..., 0] - jnp.mean(ranked[..., 1:], axis=-1)
+  is_primary = jax.nn.one_hot(labels, num_classes, dtype=bool)
+  primary = jnp.sum(jnp.where(is_primary, probs, 0.0), axis=-1)
+  # The primary's own entry ranks below every other class when choosing the secondary ones.
+  others = jnp.where(is_primary, -1.0, jax.lax.stop_gradient(probs))
+  _, order = jax.lax.top_k(others, num_secondary)
+  return primary - jnp.mean(jnp.take_along_axis(probs, order, axis=-1), axis=-1)
+
+
+def entropy(logits):
+  """Shannon entropy of the model's distribution, `H(p(z, 1)) = -sum_c p_c log p_c`.
+
+  The confidence penalty of Pereyra et al. (2017) trains `CE(z, y) - beta * entropy(z)`.
+  Computed from log-probabilities (stable for logits of magnitude 1e4, `0 log 0 = 0`).
+
+  Args:
+    logits: `[B, C]`.
+
+  Returns:
+    `[B]` float32 in `[0, log C]`; summed over classes only.
+  """
+  log_probs = log_softmax(logits)
+  return -jnp.sum(jnp.exp(log_probs) * log_probs, axis=-1)
 
 
 def _binary_kl(log_p, log_not_p, log_q, log_not_q):

@@ -89,6 +89,20 @@ def tsd(logits, num_secondary=5):
   return p[..., 0] - np.mean(p[..., 1:num_secondary + 1], axis=-1)
 
 
+def tsd_label_primary(logits, labels, num_secondary=5):
+  """p_y - (1/K) Σ of the K largest p_c over c != y (the label as the primary class)."""
+  p = softmax(logits)
+  others = np.where(_one_hot_mask(labels, p.shape[-1]), -np.inf, p)
+  top = -np.sort(-others, axis=-1)[..., :num_secondary]
+  return _take(p, labels) - np.mean(top, axis=-1)
+
+
+def entropy(logits):
+  """-Σ_c p_c log p_c, p = softmax(z)."""
+  log_p = log_softmax(logits)
+  return -np.sum(np.exp(log_p) * log_p, axis=-1)
+
+
 def _binary_log_probs(logits, labels, temperature):
   """log [p_y, 1 - p_y] at temperature T, with log(1 - p_y) = lse(others) - lse(all)."""
   z = _f64(logits) / temperature

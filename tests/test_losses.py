@@ -35,6 +35,10 @@ LOSSES = {
     "kd": lambda m, d: m.kd(d["zs"], d["zt"], T),
     "kl_to_targets": lambda m, d: m.kl_to_targets(d["zs"], d["q"], 2.0),
     "tsd": lambda m, d: m.tsd(d["zs"], num_secondary=_num_secondary(d["zs"].shape[-1])),
+    "tsd_label_primary": lambda m, d: (
+        m.tsd(d["zs"], _num_secondary(d["zs"].shape[-1]), labels=d["y"]) if m is losses
+        else m.tsd_label_primary(d["zs"], d["y"], _num_secondary(d["zs"].shape[-1]))),
+    "entropy": lambda m, d: m.entropy(d["zs"]),
     "dkd": lambda m, d: m.dkd(d["zs"], d["zt"], d["y"], ALPHA, BETA, T),
     "dkd_to_targets": lambda m, d: m.dkd_to_targets(d["zs"], d["qt"], d["y"], ALPHA, BETA, T),
 }
@@ -154,6 +158,19 @@ def test_tsd_by_hand():
   np.testing.assert_allclose(losses.tsd(shuffled, num_secondary=2), [5 / 16], rtol=1e-6)
   # Uniform p: every score equal, TSD = 0.
   np.testing.assert_allclose(losses.tsd(jnp.zeros((1, 8))), [0.0], atol=1e-7)
+
+
+def test_tsd_label_primary_and_entropy_by_hand():
+  # p = [1/2, 1/4, 1/8, 1/8], label 1: primary 1/4, K=2 secondary = the largest others
+  # {1/2, 1/8}: 1/4 - 5/16 = -1/16 (negative: the model prefers another class).
+  logits = jnp.log(jnp.array([[4.0, 2.0, 1.0, 1.0]]))
+  np.testing.assert_allclose(losses.tsd(logits, 2, labels=jnp.array([1])), [-1 / 16], rtol=1e-6)
+  # With the label on the argmax, the label primary equals the argmax primary.
+  np.testing.assert_allclose(losses.tsd(logits, 2, labels=jnp.array([0])),
+                             losses.tsd(logits, 2), rtol=1e-6)
+  # H([1/2, 1/4, 1/8, 1/8]) = 1/2 log 2 + 1/4 log 4 + 2/8 log 8 = 7/4 log 2.
+  np.testing.assert_allclose(losses.entropy(logits), [1.75 * math.log(2)], rtol=1e-6)
+  np.testing.assert_allclose(losses.entropy(jnp.zeros((1, 8))), [math.log(8)], rtol=1e-6)
 
 
 def test_dkd_by_hand():
