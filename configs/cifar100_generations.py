@@ -12,7 +12,6 @@ out for the best-checkpoint report; the test split selects nothing.
 """
 
 from configs import cifar100, common
-from kd_jax import generations
 
 
 def get_config():
@@ -22,7 +21,6 @@ def get_config():
   c.teacher = common.teacher("resnet20", "tsd", tsd_eta=0.6, tsd_num_secondary=5,
                              tsd_warmup_epochs=5.0)
   c.student = common.student("resnet20", "kd", temperature=1.0, ce_weight=0.6, kd_weight=0.4)
-  c.generations = generations.default_config()
   c.generations.num = 5
   c.eval_test_every_epochs = 10
   return c

@@ -1,15 +1,22 @@
-"""Shared defaults of every config: the one place each field is declared and documented.
+"""Shared defaults of every config: the one place each run field is declared and documented.
 
 A config file calls `get_config()` and changes what its protocol needs. Every field exists
 here, so any of them can be set on the command line (`--config.student.method.name=dkd`);
-None-valued fields are typed placeholders.
+None-valued fields are typed placeholders. The method block's fields and defaults live
+beside the method table (`kd_jax.methods.default_config`), which library users import on
+its own; reading a config imports no trainer module.
+
+A config describes a pipeline (`kd_jax.pipeline`): the stages it names (a teacher trained
+here or loaded from `teacher.checkpoint`, then a student; or `generations.num` generations),
+each trained by `kd_jax.train.train` on a stage config that `kd_jax.pipeline.stage_config`
+derives from this one: the shared fields plus the stage's `stage`, `model`, `method` and
+`num_epochs`, with `optim.learning_rate` and `optim.num_epochs` resolved.
 """
 
 import ml_collections
 from ml_collections import config_dict
 
 from kd_jax import methods
-from kd_jax.train import data_selection
 
 
 def method(name: str, **overrides) -> ml_collections.ConfigDict:
@@ -21,9 +28,9 @@ def method(name: str, **overrides) -> ml_collections.ConfigDict:
 
 
 def student(model: str, method_name: str = "kd", **method_overrides):
-  """A student block: model ('' = no student), method, optional per-role overrides."""
+  """A student block: model, method, and optional overrides of the shared epochs and lr."""
   return ml_collections.ConfigDict(dict(
-      model=model,                                   # kd_jax.models name ('' disables)
+      model=model,                                   # kd_jax.models name
       method=method(method_name, **method_overrides),
       num_epochs=config_dict.placeholder(int),       # None: the shared num_epochs
       learning_rate=config_dict.placeholder(float),  # None: optim.learning_rate
@@ -67,16 +74,40 @@ def get_config() -> ml_collections.ConfigDict:
       warmup_epochs=0.0,      # linear warm-up from 0
   ))
 
-  # The teacher is trained/loaded only when the student's method needs one (or when
-  # student.model is '', a teacher-only run).
+  # The teacher is trained here (method ce, ls, tsd or cp) or loaded from `checkpoint`.
   c.teacher = teacher("resnet32x4", "ce")
   c.student = student("resnet8x4", "kd")
+  # Which stages run: "teacher,student" (the teacher stage is skipped when the student's
+  # method needs no teacher or teacher.checkpoint names one), "teacher" (teacher only) or
+  # "student" (a teacher-free method, or a teacher from teacher.checkpoint).
+  c.stages = "teacher,student"
 
-  # Data Selection (read when the student's method selects: *_ds or method.select=True);
-  # fields documented in kd_jax/train/data_selection.py.
-  c.selection = data_selection.default_config()
+  # Data Selection: read when the student's method selects (*_ds or method.select=True);
+  # the rounds are described in kd_jax/train/selection_rounds.py.
+  c.selection = ml_collections.ConfigDict(dict(
+      criterion="influence",       # influence | teacher_correct | teacher_margin | random
+      ratio=0.5,                   # share r of training examples the teacher supervises
+      hessian="exact",             # influence: "exact" (CG solve), "diagonal" or "identity"
+      influence_target="teacher",  # or "teacher_minus_label": the effect of the switch
+      l2=config_dict.placeholder(float),  # influence: None = the optimizer's weight decay
+      damping=1e-3,                # added to the Hessian's diagonal (exact, diagonal)
+      model="student",             # whose features and classifier are scored: student|teacher
+      warmup_epochs=0,             # W: CE only (no teacher) for W epochs, then round 0
+      refresh_epochs=0,            # R: 0 = one round; R > 0: a round every R epochs after W
+      margin_space="prob",         # teacher_margin in "prob" or "logit" space
+      seed=0,                      # folded into the random control's seed
+      histogram_bins=20,           # of the round statistics' score histogram
+  ))
 
-  c.log_every_steps = 100           # train metrics to metrics.jsonl / TensorBoard
+  # Training in generations (kd_jax/generations.py): num = 0 is a teacher/student run.
+  c.generations = ml_collections.ConfigDict(dict(
+      num=0,             # G generations (patriarch included); 0 disables generations
+      ce_weights=(),     # lambda_g for g = 1..G-1 (G-1 values in [0, 1]); () -> student block's
+      ensemble_first=1,  # ensemble_<g> averages generations ensemble_first..g
+      num_secondary=5,   # K of the secondary_in_superclass metric
+  ))
+
+  c.log_every_steps = 100           # train metrics to metrics.jsonl, TensorBoard and stdout
   c.eval_every_epochs = 1           # validation (held-out slice) accuracy -> best checkpoint
   c.eval_test_every_epochs = 1      # test metrics for the curves (0: only at the end)
   c.checkpoint = ml_collections.ConfigDict(dict(

@@ -9,7 +9,6 @@ from the previous generation's final checkpoint. Runs in a few minutes on 2 CPU 
 """
 
 from configs import common, synthetic
-from kd_jax import generations
 
 
 def get_config():
@@ -24,7 +23,6 @@ def get_config():
   c.teacher = common.teacher("mlp_large", "tsd", tsd_eta=0.6, tsd_num_secondary=5,
                              tsd_warmup_epochs=2.0)
   c.student = common.student("mlp_large", "kd", temperature=1.0, ce_weight=0.6, kd_weight=0.4)
-  c.generations = generations.default_config()
   c.generations.num = 4
   c.eval_test_every_epochs = 0
   c.log_every_steps = 50

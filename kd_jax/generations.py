@@ -3,11 +3,11 @@ r"""Training in generations with a tolerant teacher (Yang et al., AAAI 2019, arX
 Definition (what one generation is):
 
 * Generations g = 0..G-1 all share one architecture (`teacher.model`; `student.model` must
-  equal it). Each generation is a separate role `generation_<g>` trained by
-  `kd_jax.train.train_model` under `workdir/generation_<g>/`, from a FRESH initialisation
-  (its own seed, `setup.role_seed(config.seed, "generation_<g>")`), with a FRESH optimizer
-  and the FULL learning-rate schedule (`num_epochs`). Nothing but knowledge flows from one
-  generation to the next: no weights, no optimizer state.
+  equal it). Each generation is a stage `generation_<g>` trained by `kd_jax.train.train`
+  under `workdir/generation_<g>/`, from a FRESH initialisation (its own seed,
+  `loop.stage_seed(config.seed, "generation_<g>")`), with a FRESH optimizer and the FULL
+  learning-rate schedule (`num_epochs`). Nothing but knowledge flows from one generation to
+  the next: no weights, no optimizer state.
 * Generation 0 (the patriarch) learns from the labels alone with the `teacher` block's
   method, by default `tsd`: `CE(z, y) + u(epoch) * TSD(z)`, where `u` ramps linearly from 0
   to `tsd_eta` over `tsd_warmup_epochs` (default eta = 0.6, K = `tsd_num_secondary` = 5).
@@ -19,17 +19,18 @@ Definition (what one generation is):
   labels"); empty means the student block's `ce_weight`/`kd_weight` for every generation.
   Label revision (`student.method.revise=True`) and data selection (`student.method.select=
   True` or a `*_ds` method, with the `selection` block) apply to the teacher term as in a
-  plain teacher/student run (`kd_jax.train.data_selection`).
+  plain teacher/student run (`kd_jax.train.selection_rounds`).
 * The teacher of generation g >= 1 is generation g-1's FINAL checkpoint (the newest step of
   `generation_<g-1>/checkpoints/`, not the best-validation one), frozen (`stop_gradient`)
   and run in eval mode (BatchNorm running statistics, no dropout).
 
-The run is a fold over generations, `reduce(step, range(G), Carry(previous=None, ...))`,
-whose carried state is only the previous generation's role directory (its final orbax
-checkpoint is the next teacher) and the summaries written so far. Every generation resumes
-through `train_model`: a finished one (its `summary.json` exists) is skipped, a killed one
-resumes mid-epoch from its newest checkpoint, so rerunning the command after a kill ends
-with the metrics of an uninterrupted run, and rerunning a finished command trains nothing.
+The run is a fold over generations, `reduce(step, range(G), Carry(teacher=None, ...))`,
+whose carried state is the previous generation's frozen final model (handed over in memory
+when this process trained it, else read from its final orbax checkpoint) and the summaries
+written so far. Every generation resumes through `train`: a finished one (its
+`summary.json` exists) is skipped, a killed one resumes mid-epoch from its newest
+checkpoint, so rerunning the command after a kill ends with the metrics of an uninterrupted
+run, and rerunning a finished command trains nothing.
 
 Evaluation. After each generation its test logits are saved (`generation_<g>/
 test_logits.npy`, float32 `[N_test, C]`; labels and superclasses once in
@@ -51,76 +52,36 @@ import dataclasses
 import functools
 import os
 
-import ml_collections
 import numpy as np
 
-from kd_jax import methods, metrics
+from kd_jax import metrics
 from kd_jax.train import evaluate as eval_lib
-from kd_jax.train import loop, parallel, report, setup
+from kd_jax.train import loop, parallel
+from kd_jax.train import stage as stage_lib
+from kd_jax.train import teacher as teacher_lib
+from kd_jax.train import workdir as workdir_lib
 
 LOGITS, TARGETS, PLOT = "test_logits.npy", "test_targets.npz", "generations.png"
-
-
-def default_config() -> ml_collections.ConfigDict:
-  """The `config.generations` block; `num = 0` means an ordinary teacher/student run."""
-  return ml_collections.ConfigDict(dict(
-      num=0,             # G generations (patriarch included); 0 disables generations
-      ce_weights=(),     # lambda_g for g = 1..G-1 (G-1 values in [0, 1]); () -> student block's
-      ensemble_first=1,  # ensemble_<g> averages generations ensemble_first..g
-      num_secondary=5,   # K of the secondary_in_superclass metric
-  ))
-
-
-def enabled(config) -> bool:
-  return bool(config.get("generations")) and config.generations.num > 0
 
 
 def role(generation: int) -> str:
   return f"generation_{generation}"
 
 
-def _fail(field, value, allowed):
-  raise ValueError(f"{field}={value!r} is not allowed: {allowed}")
-
-
-def check_config(config, num_classes: int) -> None:
-  """Raises ValueError naming the field, its value and what is allowed (after
-  `loop.prepare`, which checks the teacher and student blocks themselves)."""
-  g = config.generations
-  if not isinstance(g.num, int) or g.num < 1:
-    _fail("generations.num", g.num, "must be an integer >= 1")
-  if config.teacher.get("checkpoint"):
-    _fail("teacher.checkpoint", config.teacher.checkpoint,
-          "must be '' in a generations run: the patriarch (generation 0) is trained here")
-  if config.student.model != config.teacher.model:
-    _fail("student.model", config.student.model,
-          f"must equal teacher.model={config.teacher.model!r}: generations share one "
-          "architecture")
-  if g.num > 1 and not methods.needs_teacher(config.student.method.name):
-    _fail("student.method.name", config.student.method.name,
-          "must learn from a teacher (kd, lr, ...) in generations 1..G-1")
-  weights = tuple(g.ce_weights or ())
-  if weights and (len(weights) != g.num - 1 or not all(0 <= w <= 1 for w in weights)):
-    _fail("generations.ce_weights", weights,
-          f"must be empty or {g.num - 1} values in [0, 1] (lambda of generations 1..G-1)")
-  if not 0 <= g.ensemble_first < g.num:
-    _fail("generations.ensemble_first", g.ensemble_first, f"must lie in [0, {g.num - 1}]")
-  if not 1 <= g.num_secondary < num_classes:
-    _fail("generations.num_secondary", g.num_secondary, f"must lie in [1, {num_classes - 1}]")
-
-
-def generation_settings(config, generation: int) -> ml_collections.ConfigDict:
-  """`setup.role_settings` of generation g: the teacher block for g = 0, the student block
-  for g >= 1 with `ce_weight = lambda_g`, `kd_weight = 1 - lambda_g` when
+def stage_configs(config) -> dict:
+  """`generation_<g>` -> its stage config: the teacher block for g = 0 (the patriarch), the
+  student block for g >= 1 with `ce_weight = lambda_g`, `kd_weight = 1 - lambda_g` when
   `generations.ce_weights` is set."""
-  if generation == 0:
-    return setup.role_settings(config, "teacher")
-  settings = setup.role_settings(config, role(generation))  # the student block
+  out = {role(0): stage_lib.stage_config(config, "teacher")}
   weights = tuple(config.generations.ce_weights or ())
-  if weights:
-    settings.method.ce_weight = float(weights[generation - 1])
-    settings.method.kd_weight = 1.0 - float(weights[generation - 1])
-  return settings
+  for generation in range(1, config.generations.num):
+    stage = stage_lib.stage_config(config, "student")
+    stage.stage = role(generation)
+    if weights:
+      stage.method.ce_weight = float(weights[generation - 1])
+      stage.method.kd_weight = 1.0 - float(weights[generation - 1])
+    out[role(generation)] = stage
+  return out
 
 
 def _save_array(path: str, write) -> None:
@@ -132,15 +93,13 @@ def _save_array(path: str, write) -> None:
   parallel.sync(f"save_{os.path.basename(path)}")
 
 
-def test_predictions(workdir: str, generation: int, settings, data, mesh, config) -> np.ndarray:
-  """float32 `[N_test, C]` test logits of a finished generation (cached in its role dir)."""
-  role_dir = os.path.join(workdir, role(generation))
-  path = os.path.join(role_dir, LOGITS)
+def test_predictions(workdir: str, generation: int, model, variables, data, mesh,
+                     eval_batch_size: int) -> np.ndarray:
+  """float32 `[N_test, C]` test logits of a finished generation (cached in its directory)."""
+  path = os.path.join(workdir, role(generation), LOGITS)
   if not os.path.exists(path):
-    summary = report.read_json(os.path.join(role_dir, "summary.json"))
-    model = setup.trained_teacher(role_dir, settings.model, data.info, mesh, summary)
-    out = eval_lib.predict(eval_lib.make_eval_fn(model.model), model.variables,
-                           eval_lib.eval_loader(data.test, config.eval_batch_size), mesh)
+    out = eval_lib.predict(eval_lib.make_eval_fn(model), variables,
+                           eval_lib.eval_loader(data.test, eval_batch_size), mesh)
     targets = {key: out[key] for key in ("label", "superclass") if key in out}
     targets_path = os.path.join(workdir, TARGETS)
     if not os.path.exists(targets_path):  # written before any logits file
@@ -154,11 +113,11 @@ def _test_targets(workdir: str) -> tuple[np.ndarray, np.ndarray | None]:
     return f["label"], f.get("superclass")
 
 
-def _entry(config, generation: int, settings, summary: dict, test: dict) -> dict:
-  method = settings.method
-  entry = dict(role=role(generation), model=settings.model, method=method.name,
+def _entry(generation: int, stage, summary: dict, test: dict) -> dict:
+  method = stage.method
+  entry = dict(role=role(generation), model=stage.model, method=method.name,
                teacher=role(generation - 1) if generation else None,
-               num_epochs=settings.num_epochs, steps=summary["steps"],
+               num_epochs=stage.num_epochs, steps=summary["steps"],
                test_accuracy=test["accuracy"], test_metrics=test,
                best_val_accuracy=summary.get("best_val_accuracy"),
                best_val_checkpoint_test_accuracy=summary.get(
@@ -174,55 +133,47 @@ def _entry(config, generation: int, settings, summary: dict, test: dict) -> dict
 
 @dataclasses.dataclass(frozen=True)
 class Carry:
-  """The state folded over generations: the previous generation's role directory (its final
-  checkpoint teaches the next generation) and the summary entries so far."""
-  previous: str | None
+  """The state folded over generations: the previous generation's frozen final model (the
+  next teacher) and the summary entries so far."""
+  teacher: teacher_lib.Teacher | None
   summary: dict
 
 
-def run(config, workdir: str, *, mesh=None, data=None) -> dict:
+def run(config, workdir: str, data, mesh) -> dict:
   """Trains (or resumes, or skips) generations 0..G-1; returns and writes summary.json.
 
   Args:
-    config: a config with a `generations` block (`default_config()`), `num >= 1`.
+    config: a config with `generations.num >= 1`, checked by `kd_jax.pipeline.prepare`.
     workdir: one directory per generation (`generation_<g>/`), plus summary.json,
       test_targets.npz and generations.png.
-    mesh, data: as `loop.prepare` returns them (built when None).
+    data, mesh: the loaded splits and the device mesh.
 
   Returns:
     dict with `generation_<g>` and `ensemble_<g>` entries (test metrics of the final models
     and of the mean-softmax ensembles), plus config name, dataset and seed.
   """
-  if data is None:
-    mesh, data = loop.prepare(config)
-  mesh = mesh or parallel.make_mesh()
-  check_config(config, data.info.num_classes)
-  if parallel.is_primary():
-    os.makedirs(workdir, exist_ok=True)
-  report.write_json(os.path.join(workdir, "config.json"), config.to_dict())
   header = dict(config=config.get("name", ""), dataset=data.info.name, seed=int(config.seed),
                 num_generations=int(config.generations.num))
-  step = functools.partial(_generation_step, config, workdir, data, mesh)
+  step = functools.partial(_generation_step, config, stage_configs(config), workdir, data,
+                           mesh)
   carry = functools.reduce(step, range(config.generations.num), Carry(None, header))
+  workdir_lib.write_json(os.path.join(workdir, "config.json"), config.to_dict())
   return carry.summary
 
 
-def _generation_step(config, workdir, data, mesh, carry: Carry, generation: int):
+def _generation_step(config, stages, workdir, data, mesh, carry: Carry, generation: int):
   name = role(generation)
-  settings = generation_settings(config, generation)
-  role_dir = os.path.join(workdir, name)
-  teacher = None
-  if not os.path.exists(os.path.join(role_dir, "summary.json")) and generation:
-    teacher = setup.trained_teacher(carry.previous, settings.model, data.info, mesh,
-                                report.read_json(os.path.join(carry.previous, "summary.json")))
-  summary = loop.train_model(config, name, workdir, teacher=teacher, data=data, mesh=mesh,
-                             settings=settings)
+  stage = stages[name]
+  stage_dir = os.path.join(workdir, name)
+  result = loop.train(stage, stage_dir, teacher=carry.teacher, data=data, mesh=mesh)
+  final = teacher_lib.from_trained(result, stage_dir, stage.model, data.info, mesh)
   num_secondary = int(config.generations.num_secondary)
-  logits = test_predictions(workdir, generation, settings, data, mesh, config)
+  logits = test_predictions(workdir, generation, final.model, final.variables, data, mesh,
+                            config.eval_batch_size)
   labels, superclasses = _test_targets(workdir)
   test = metrics.evaluate_logits(logits, labels, superclasses, num_secondary)
   entries = dict(carry.summary)
-  entries[name] = _entry(config, generation, settings, summary, test)
+  entries[name] = _entry(generation, stage, result.summary, test)
   first = int(config.generations.ensemble_first)
   if generation >= first:
     members = [role(g) for g in range(first, generation + 1)]
@@ -231,7 +182,7 @@ def _generation_step(config, workdir, data, mesh, carry: Carry, generation: int)
                                        superclasses, num_secondary)
     entries[f"ensemble_{generation}"] = dict(members=members, test_accuracy=ensemble["accuracy"],
                                              test_metrics=ensemble)
-  report.write_json(os.path.join(workdir, "summary.json"), entries)
+  workdir_lib.write_json(os.path.join(workdir, "summary.json"), entries)
   if parallel.is_primary():
     plot(entries, os.path.join(workdir, PLOT))
   line = f"kd_jax: {name}: test accuracy {test['accuracy']:.4f}"
@@ -239,7 +190,7 @@ def _generation_step(config, workdir, data, mesh, carry: Carry, generation: int)
     accuracy = entries[f"ensemble_{generation}"]["test_accuracy"]
     line += f", ensemble of generations {first}..{generation} {accuracy:.4f}"
   print(line, flush=True)
-  return Carry(role_dir, entries)
+  return Carry(final, entries)
 
 
 def accuracy_curves(summary: dict) -> tuple[list, list, list, list]:

@@ -1,13 +1,20 @@
-r"""Command line: train what a config asks (a teacher and/or a distilled student, or
-generations when `config.generations.num > 0`, see kd_jax.generations).
+r"""Command line: run the stages a config asks for (kd_jax.pipeline).
 
   python -m kd_jax.main --config=configs/cifar100.py --workdir=/tmp/kd \
       [--config.student.method.name=dkd --config.seed=1 ...]
+  python -m kd_jax.main --config=configs/mnist1d.py:lr_ds --workdir=...   # a config variant
 
 Multi-host: start one process per host with --config.distributed.num_processes=N
 --config.distributed.process_id=i --config.distributed.coordinator_address=HOST:PORT.
-Exit codes: 0 done, 2 invalid config (one line on stderr naming the field), 3 the loss became
-NaN/inf (the last good checkpoint is kept).
+
+Exit codes:
+  0  done (or already finished: nothing retrained)
+  1  an unexpected error (a bug: please report the traceback)
+  2  bad input, reported in one line before any training: an unknown or misspelled config
+     field, a config file that is missing or does not load, a bad value, a teacher checkpoint
+     that is unfinished or of other data, a workdir of another configuration or in use by
+     another process, a workdir that cannot be written (read-only, disk full)
+  3  the loss or the weights became NaN/inf; the last good checkpoint is kept
 """
 
 import sys
@@ -15,18 +22,25 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from kd_jax import generations
+from kd_jax import pipeline
 from kd_jax.train import loop, parallel
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config "
-                                          "file (configs/*.py).", lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Path to an ml_collections config file (configs/*.py), optionally "
+    "followed by ':variant'.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, summary.")
 flags.mark_flags_as_required(["config", "workdir"])
+EXIT_BAD_INPUT, EXIT_DIVERGED = 2, 3
+
+
+def fail(message: str, code: int = EXIT_BAD_INPUT):
+  print(f"kd_jax: {message}", file=sys.stderr, flush=True)
+  sys.exit(code)
 
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    fail(f"unexpected arguments: {' '.join(argv[1:])}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   config = _CONFIG.value
@@ -34,19 +48,26 @@ def main(argv):
   parallel.initialize(dist.coordinator_address, dist.num_processes, dist.process_id,
                       dist.cpu_collectives)
   try:
-    mesh, data = loop.prepare(config)
-    if generations.enabled(config):
-      generations.check_config(config, data.info.num_classes)
-  except ValueError as error:
-    print(f"kd_jax: invalid config: {error}", file=sys.stderr, flush=True)
-    sys.exit(2)
-  try:
-    run = generations.run if generations.enabled(config) else loop.run
-    run(config, _WORKDIR.value, mesh=mesh, data=data)
+    data = pipeline.prepare(config)
+    pipeline.run(config, _WORKDIR.value, data=data)
+  except ValueError as error:  # bad input: the checks and the workdir guards
+    fail(f"invalid input: {error}")
   except loop.TrainingDiverged as error:
-    print(f"kd_jax: {error}", file=sys.stderr, flush=True)
-    sys.exit(3)
+    fail(str(error), EXIT_DIVERGED)
+  except OSError as error:  # e.g. a disk that fills up while checkpointing
+    fail(f"cannot write the run's files: {error}")
+
+
+def parse_flags(argv):
+  """absl's flag parsing, with a bad config file or field as one line and exit 2."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as error:
+    fail(f"invalid flags: {' '.join(str(error).split())}")
+  except Exception as error:  # a config file that raises while loading (syntax, imports)
+    fail(f"invalid --config: {type(error).__name__}: {' '.join(str(error).split())[:500]}")
+  return None
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

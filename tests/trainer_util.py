@@ -41,9 +41,9 @@ def tiny_config(**overrides):
   return config
 
 
-def cli_args(workdir, **overrides):
+def cli_args(workdir, config="configs/synthetic.py", **overrides):
   flags = {**TINY_OVERRIDES, **{k.replace("__", "."): v for k, v in overrides.items()}}
-  return [sys.executable, "-m", "kd_jax.main", "--config=configs/synthetic.py",
+  return [sys.executable, "-m", "kd_jax.main", f"--config={config}",
           f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in flags.items()]
 
 
@@ -59,9 +59,12 @@ def run_cli(workdir, num_devices=1, timeout=180, **overrides):
 
 
 def comparable(summary: dict) -> dict:
-  """summary.json without timing fields (and without paths, which name the workdir)."""
+  """summary.json without timing fields (and without paths, which name the workdir: the
+  teacher's source and the fingerprint that holds it)."""
   out = {}
   for key, value in summary.items():
+    if key == "fingerprint":
+      continue
     if isinstance(value, dict):
       out[key] = comparable(value)
     elif key not in TIMING_FIELDS and not (key == "teacher" and isinstance(value, str)):

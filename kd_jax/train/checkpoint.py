@@ -1,35 +1,60 @@
-"""Orbax checkpoints of one trained model (a "role": teacher, student, generation_<g>).
+"""Orbax checkpoints of one trained model: one CheckpointManager per run directory.
 
-Layout under the role's directory:
+Layout under the run's directory:
 
-  checkpoints/<step>/{variables, train, meta}   the last `keep` checkpoints (every N steps and
-                                                at epoch ends), for resuming
-  best/<step>/{variables, meta}                 the best checkpoint by validation accuracy
+  checkpoints/<step>/{variables, train, meta}
 
-`variables` holds {params, batch_stats} (what a teacher needs), `train` the rest of the run's
-state (step, opt_state, logging sums, rng key data) and `meta` a JSON dict (epoch and step in
-epoch of the data iterator, best validation accuracy, elapsed training time, model name,
-class count...). A checkpoint that cannot be read is reported, moved aside to
-`corrupt_checkpoints/` and the previous one is used; orbax writes each step to a temporary
-directory and renames it when complete, so a run killed mid-save leaves no partial step.
+`variables` holds {params, batch_stats} (all a teacher needs), `train` the rest of the state
+a resumed run needs (step, opt_state, rng key, the data-selection mask) and `meta` a JSON
+dict: the run's fingerprint (`kd_jax.train.workdir.fingerprint`), a CRC32 checksum of each
+array item, the data iterator's position (epoch, step in epoch), the metric sums of the
+unfinished log window and epoch, the best validation accuracy so far and the elapsed time.
+The manager keeps the newest `keep` steps and the best step by validation accuracy (orbax's
+`LatestN` and `BestN` preservation policies; ties keep the earliest step).
+
+Restoring walks the steps from the newest: a step whose items cannot be read or whose
+arrays do not match the stored checksum is reported, moved to `corrupt_checkpoints/`, and
+the previous one is used. A step written by another configuration (its fingerprint differs)
+is never moved or used: `FingerprintMismatch` is raised. Orbax writes each step to a
+temporary directory renamed when complete, so a kill mid-save leaves no partial step.
 """
 
 import os
 import shutil
+import zlib
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
-from absl import logging
+from orbax.checkpoint import checkpoint_managers
 
-from kd_jax.train import parallel
+from kd_jax.train import parallel, workdir
 
-CHECKPOINTS, BEST, CORRUPT = "checkpoints", "best", "corrupt_checkpoints"
+CHECKPOINTS, CORRUPT = "checkpoints", "corrupt_checkpoints"
+ARRAY_ITEMS = ("variables", "train")
 
 
-def _manager(directory: str, keep: int, items: tuple[str, ...]) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                         enable_async_checkpointing=False)
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=items)
+def tree_checksum(tree) -> str:
+  """CRC32 (hex) of every array leaf's path, dtype, shape and bytes, in tree order."""
+  crc = 0
+  for path, leaf in jax.tree_util.tree_flatten_with_path(jax.device_get(tree))[0]:
+    array = np.ascontiguousarray(leaf)
+    header = f"{jax.tree_util.keystr(path)}:{array.dtype}:{array.shape};".encode()
+    crc = zlib.crc32(array.tobytes(), zlib.crc32(header, crc))
+  return f"{crc:08x}"
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def all_finite(tree) -> bool:
+  """Whether every float array of `tree` is finite (one jitted reduction, one fetch)."""
+  return bool(_all_finite(tree))
 
 
 def abstract(tree):
@@ -37,103 +62,109 @@ def abstract(tree):
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
-class Checkpoints:
-  """The resumable checkpoints and the best-validation checkpoint of one role."""
+class FingerprintMismatch(ValueError):
+  """The directory holds checkpoints of another configuration."""
 
-  def __init__(self, role_dir: str, keep: int):
-    self.role_dir = role_dir
-    self.latest = _manager(os.path.join(role_dir, CHECKPOINTS), keep,
-                           ("variables", "train", "meta"))
-    self.best = _manager(os.path.join(role_dir, BEST), 1, ("variables", "meta"))
 
-  def save(self, step: int, variables: dict, train: dict, meta: dict) -> None:
-    if step in self.latest.all_steps():
-      return  # Already written before an interruption: same content (deterministic run).
-    self.latest.save(step, args=ocp.args.Composite(
-        variables=ocp.args.StandardSave(variables), train=ocp.args.StandardSave(train),
-        meta=ocp.args.JsonSave(meta)))
+class UnreadableCheckpoint(ValueError):
+  """A step that cannot be read or fails its checksum."""
 
-  def save_best(self, step: int, variables: dict, meta: dict) -> None:
-    if step in self.best.all_steps():
-      return
-    self.best.save(step, args=ocp.args.Composite(
-        variables=ocp.args.StandardSave(variables), meta=ocp.args.JsonSave(meta)),
-        force=True)
 
-  def restore_latest(self, abstract_variables, abstract_train):
-    """(variables, train, meta) of the newest readable checkpoint, or None when there is none."""
-    return _restore_newest(self.latest, self.role_dir, dict(
-        variables=ocp.args.StandardRestore(abstract_variables),
-        train=ocp.args.StandardRestore(abstract_train), meta=ocp.args.JsonRestore()))
+def _manager(directory: str, keep: int | None = None) -> ocp.CheckpointManager:
+  policies = checkpoint_managers
+  preservation = None
+  if keep is not None:
+    preservation = policies.AnyPreservationPolicy([
+        policies.LatestN(keep),
+        policies.BestN(get_metric_fn=lambda m: (m["val_accuracy"], -m["step"]), n=1,
+                       keep_checkpoints_without_metrics=False)])
+  options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False,
+                                         preservation_policy=preservation)
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options,
+                               item_names=(*ARRAY_ITEMS, "meta"))
 
-  def restore_best(self, abstract_variables):
-    """(variables, meta) of the best-validation checkpoint, or None."""
-    restored = _restore_newest(self.best, self.role_dir, dict(
-        variables=ocp.args.StandardRestore(abstract_variables), meta=ocp.args.JsonRestore()))
-    return None if restored is None else (restored["variables"], restored["meta"])
+
+def _read(manager, step: int, args: dict) -> dict:
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(**args))
+    return {name: restored[name] for name in args}
+  except Exception as error:  # Any failure to read (truncated, missing, garbage) is corrupt.
+    raise UnreadableCheckpoint(f"{manager.directory}/{step} is unreadable "
+                               f"({type(error).__name__}: {str(error)[:200]})") from error
+
+
+def _verified(manager, step: int, abstract_items: dict) -> dict:
+  """The arrays of step `step` plus its meta, checked against the stored checksums."""
+  meta = _read(manager, step, dict(meta=ocp.args.JsonRestore()))["meta"]
+  items = _read(manager, step, {name: ocp.args.StandardRestore(abstract_items[name])
+                                for name in abstract_items})
+  for name, tree in items.items():
+    if tree_checksum(tree) != meta.get("checksums", {}).get(name):
+      raise UnreadableCheckpoint(f"{manager.directory}/{step}: item {name!r} does not match "
+                                 "its stored checksum (corrupted data)")
+  return dict(items, meta=meta)
+
+
+class Checkpointer:
+  """The checkpoints of one run directory (resume, best-validation, final)."""
+
+  def __init__(self, run_dir: str, keep: int):
+    self.run_dir = run_dir
+    self.manager = _manager(os.path.join(run_dir, CHECKPOINTS), keep)
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, items: dict, meta: dict, val_accuracy: float | None = None):
+    """Writes `items` (`TrainState.checkpoint_items()`) and `meta` with their checksums."""
+    if step in self.manager.all_steps():
+      return  # Written before an interruption: the same content (the run is deterministic).
+    meta = dict(meta, checksums={name: tree_checksum(items[name]) for name in ARRAY_ITEMS})
+    args = {name: ocp.args.StandardSave(items[name]) for name in ARRAY_ITEMS}
+    metrics = None if val_accuracy is None else dict(val_accuracy=val_accuracy, step=step)
+    self.manager.save(step, args=ocp.args.Composite(meta=ocp.args.JsonSave(meta), **args),
+                      metrics=metrics, force=True)
+
+  def restore_latest(self, abstract_items: dict, fingerprint: dict) -> dict | None:
+    """{variables, train, meta} of the newest good step, or None when there is none.
+
+    Raises FingerprintMismatch when the steps were written by another configuration.
+    """
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        meta = _read(self.manager, step, dict(meta=ocp.args.JsonRestore()))["meta"]
+        workdir.check_fingerprint(meta.get("fingerprint", {}), fingerprint, self.run_dir)
+        return _verified(self.manager, step, abstract_items)
+      except UnreadableCheckpoint as error:
+        print(f"kd_jax: warning: checkpoint {error}; using the previous one", flush=True)
+        self._move_aside(step)
+    return None
+
+  def restore(self, step: int, abstract_items: dict) -> dict:
+    """{items..., meta} of `step` (e.g. the best-validation one); UnreadableCheckpoint if bad."""
+    return _verified(self.manager, step, abstract_items)
+
+  def _move_aside(self, step: int) -> None:
+    if parallel.is_primary():
+      target = os.path.join(self.run_dir, CORRUPT, str(step))
+      shutil.rmtree(target, ignore_errors=True)
+      os.makedirs(os.path.dirname(target), exist_ok=True)
+      shutil.move(os.path.join(str(self.manager.directory), str(step)), target)
+    parallel.sync(f"move_aside_{step}")
+    self.manager.reload()
 
   def close(self) -> None:
-    self.latest.close()
-    self.best.close()
+    self.manager.close()
 
 
-def _restore_newest(manager: ocp.CheckpointManager, role_dir: str, args: dict):
-  for step in sorted(manager.all_steps(), reverse=True):
-    try:
-      restored = manager.restore(step, args=ocp.args.Composite(**args))
-      return {name: restored[name] for name in args}
-    except Exception as error:  # pylint: disable=broad-except
-      # Any failure to read (truncated file, missing item, bad metadata) means corrupt.
-      message = (f"checkpoint {manager.directory}/{step} is unreadable "
-                 f"({type(error).__name__}: {str(error)[:200]}); using the previous one")
-      logging.warning(message)
-      print(f"kd_jax: warning: {message}", flush=True)
-      _move_aside(manager, role_dir, step)
-  return None
-
-
-def _move_aside(manager: ocp.CheckpointManager, role_dir: str, step: int) -> None:
-  if parallel.is_primary():
-    target = os.path.join(role_dir, CORRUPT, f"{os.path.basename(str(manager.directory))}_{step}")
-    shutil.rmtree(target, ignore_errors=True)
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    shutil.move(os.path.join(str(manager.directory), str(step)), target)
-  parallel.sync(f"move_aside_{step}")
-  manager.reload()
-
-
-def find_checkpoint_dir(path: str, role: str = "teacher") -> str:
-  """The `checkpoints/` directory of a kd_jax run given a workdir, role dir or itself."""
-  for candidate in (os.path.join(path, CHECKPOINTS), os.path.join(path, role, CHECKPOINTS),
-                    path):
-    if os.path.isdir(candidate) and any(name.isdigit() for name in os.listdir(candidate)):
-      return candidate
-  raise ValueError(f"teacher.checkpoint={path!r} holds no kd_jax checkpoint: expected a "
-                   f"workdir, a role directory or a '{CHECKPOINTS}' directory with step folders")
-
-
-def read_meta(checkpoint_dir: str) -> dict:
-  """The JSON meta of the newest step in a `checkpoints/` directory (cheap: no arrays)."""
-  manager = _manager(checkpoint_dir, None, ("variables", "train", "meta"))
+def final_variables(run_dir: str, abstract_variables: dict, final_step: int) -> dict:
+  """The variables of a finished run's final checkpoint (a teacher): step `final_step`,
+  checksum verified. Never an earlier step: raises UnreadableCheckpoint instead."""
+  manager = _manager(os.path.join(run_dir, CHECKPOINTS))
   try:
-    step = manager.latest_step()
-    return dict(manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-                ["meta"], step=step)
-  finally:
-    manager.close()
-
-
-def restore_variables(checkpoint_dir: str, abstract_variables) -> dict:
-  """Variables {params, batch_stats} of the newest readable step of a `checkpoints/` dir."""
-  manager = _manager(checkpoint_dir, None, ("variables", "train", "meta"))
-  try:
-    for step in sorted(manager.all_steps(), reverse=True):
-      try:
-        return manager.restore(step, args=ocp.args.Composite(
-            variables=ocp.args.StandardRestore(abstract_variables)))["variables"]
-      except Exception as error:  # pylint: disable=broad-except
-        print(f"kd_jax: warning: checkpoint {checkpoint_dir}/{step} is unreadable "
-              f"({type(error).__name__}); using the previous one", flush=True)
-    raise ValueError(f"no readable checkpoint in {checkpoint_dir}")
+    if final_step not in manager.all_steps():
+      raise UnreadableCheckpoint(f"{manager.directory}: the final checkpoint (step "
+                                 f"{final_step}) is missing")
+    return _verified(manager, final_step, dict(variables=abstract_variables))["variables"]
   finally:
     manager.close()

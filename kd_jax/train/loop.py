@@ -1,306 +1,229 @@
-"""The training loop of one model, and a run (teacher then student) built from it.
+"""Training one model: `train(config, workdir, *, teacher=None) -> Trained`.
 
-`train_model(config, role, workdir, teacher=...)` trains one model under `workdir/<role>/`,
-resuming from its newest readable checkpoint and returning its cached summary when it has
-already finished; generations (issue 6) call it once per generation with the previous
-generation's model as teacher. `run(config, workdir)` is what the CLI does.
+`config` is a stage config (configs/common.py: the shared fields plus `stage`, `model`,
+`method`, `num_epochs`); `kd_jax.pipeline` derives one per stage from a config file. The run
+is resumable (newest good checkpoint, data iterator position and metric sums included),
+skipped when finished (its summary.json exists and its fingerprint matches), and refuses a
+directory of another configuration or one held by another process. The function reads top
+to bottom as big_vision's train.py: setup, restore, loop, final evaluation.
 """
 
 import dataclasses
+import functools
 import os
 import time
+import zlib
 
 import jax
 import numpy as np
-from absl import logging
 
 from kd_jax import data as data_lib
 from kd_jax import methods, models, targets
 from kd_jax.train import checkpoint as ckpt_lib
-from kd_jax.train import data_selection, parallel, report, setup
-from kd_jax.train import evaluate as eval_lib
+from kd_jax.train import checks, evaluate, parallel, selection_rounds, splits
 from kd_jax.train import state as state_lib
 from kd_jax.train import step as step_lib
+from kd_jax.train import workdir as workdir_lib
+from kd_jax.train import writer as writer_lib
+
+SUMMARY = "summary.json"
 
 
 class TrainingDiverged(RuntimeError):
-  """The loss became NaN or inf; the last good checkpoint is kept."""
+  """The loss or the weights became NaN or inf; the last good checkpoint is kept."""
 
 
-def _means(sums: dict) -> dict:
-  count = max(float(sums["count"]), 1.0)
-  out = {key: float(value) / count for key, value in sums.items()
-         if key not in ("count", "correct", "nonfinite")}
-  out["accuracy"] = float(sums["correct"]) / count
-  return out
+@dataclasses.dataclass(frozen=True)
+class Trained:
+  """A finished stage: its summary, and its final variables when this call trained it
+  (None when it was already finished: load it with `kd_jax.train.teacher.from_run`)."""
+  summary: dict
+  variables: dict | None
 
 
-def train_model(config, role: str, workdir: str, *, teacher: setup.Teacher | None = None,
-                data: setup.Data | None = None, mesh=None, settings=None,
-                selected=None) -> dict:
-  """Trains (or resumes, or skips when finished) model `role`; returns its summary.
+def stage_seed(seed: int, stage: str) -> int:
+  """A per-stage integer seed (stable across Python runs) for init, shuffling and dropout."""
+  return (int(seed) * 1_000_003 + zlib.crc32(stage.encode())) % (2**31 - 1)
+
+
+def due(step: int, every: int, total: int) -> bool:
+  """Whether a cadence of `every` (0: never) fires at `step`; the last step always does."""
+  return every > 0 and (step % every == 0 or step == total)
+
+
+def _last_good(checkpointer) -> str:
+  step = checkpointer.latest_step()
+  if step is None:
+    return "none was saved before it diverged (rerunning starts afresh)"
+  return f"step {step} in {checkpointer.manager.directory}"
+
+
+def _save(checkpointer, state, meta: dict, metric_sums, val_accuracy=None) -> None:
+  """A checkpoint of `state`, only when its weights and pending metrics are all finite."""
+  items = state.checkpoint_items()
+  if not (metric_sums.finite() and ckpt_lib.all_finite(items)):
+    raise TrainingDiverged(
+        f"{meta['stage']} training stopped: non-finite loss or weights (NaN or inf) at step "
+        f"{meta['step']}; the last good checkpoint is kept: {_last_good(checkpointer)}")
+  checkpointer.save(meta["step"], items, dict(meta, metric_sums=metric_sums.state_dict()),
+                    val_accuracy)
+
+
+def train(config, workdir: str, *, teacher=None, data: splits.Data | None = None,
+          mesh=None) -> Trained:
+  """Trains (or resumes, or skips when finished) the model of stage config `config`.
 
   Args:
-    config: the run's ConfigDict (see configs/common.py).
-    role: "teacher", "student", "generation_<g>"...: names `workdir/<role>/` and, through
-      `setup.role_seed`, the seed of init, shuffling and dropout.
-    teacher: the teacher for methods that need one (`methods.needs_teacher`).
-    data, mesh: reuse across roles (loaded/built when None).
-    settings: model/method/optim/num_epochs (default `setup.role_settings(config, role)`).
-    selected: optional fixed bool `[len(data.train)]`: examples the teacher supervises;
-      the others get plain CE. When None and the method selects (`methods.selects`), the
-      selection rounds of `kd_jax.train.data_selection` compute it (and refresh it).
+    config: a stage config (`kd_jax.pipeline.stage_config`).
+    workdir: this run's directory: checkpoints/, metrics.jsonl, tensorboard/, config.json,
+      summary.json.
+    teacher: a `kd_jax.train.teacher.Teacher`, required by teacher-based methods.
+    data, mesh: reused across stages (loaded/built when None).
 
   Returns:
-    summary dict (also `workdir/<role>/summary.json`); test metrics are of the final model.
+    `Trained(summary, final variables)`. Test metrics are of the final model; the
+    best-validation checkpoint's test accuracy is reported beside them, labelled.
   """
-  settings = settings or setup.role_settings(config, role)
-  role_dir = os.path.join(workdir, role)
-  summary_path = os.path.join(role_dir, "summary.json")
-  if os.path.exists(summary_path):
-    print(f"kd_jax: {role} already trained ({summary_path}); skipping", flush=True)
-    return report.read_json(summary_path)
+  data = data or splits.load_data(config)
+  checks.check_stage(config, data)
+  if methods.needs_teacher(config.method.name) and teacher is None:
+    raise ValueError(f"{config.stage}.method.name={config.method.name!r} needs a teacher; "
+                     "none was given")
   mesh = mesh or parallel.make_mesh()
-  data = data or setup.load_data(config)
-  info, method = data.info, settings.method
-  if methods.needs_teacher(method.name) and teacher is None:
-    raise ValueError(f"{role}.method.name={method.name!r} needs a teacher; none was given")
-  model = models.create(settings.model, info.num_classes)
-  seed = setup.role_seed(config.seed, role)
-  loader = data_lib.make_loader(data.train, batch_size=config.batch_size, seed=seed,
-                                train=True, augment=info.augmentation)
-  steps_per_epoch = loader.steps_per_epoch
-  total_steps = settings.num_epochs * steps_per_epoch
-  tx, schedule = state_lib.make_optimizer(settings.optim, steps_per_epoch)
-  init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(seed))
-  selector = None
-  if selected is None and methods.selects(method):
-    selector = data_selection.make_selector(config, settings, teacher, data, mesh, model, seed)
-    selected = np.ones(len(data.train), bool)  # replaced by round 0; fixes the ckpt layout
-  state = state_lib.create_train_state(model, tx, init_rng, info.input_shape)
-  keys = step_lib.metric_keys(method, info.num_classes)
-  state, accum, rng, selected = parallel.replicate(
-      (state, step_lib.init_accumulators(keys), dropout_rng, selected), mesh)
-  num_params = state_lib.param_count(state.params)
+  info, method, stage = data.info, config.method, config.stage
+  fingerprint = workdir_lib.fingerprint(config, teacher and teacher.fingerprint)
+  summary_path = os.path.join(workdir, SUMMARY)
+  with workdir_lib.locked(workdir):
+    if os.path.exists(summary_path):
+      summary = workdir_lib.read_json(summary_path)
+      workdir_lib.check_fingerprint(summary.get("fingerprint", {}), fingerprint, workdir)
+      print(f"kd_jax: {stage} already trained ({summary_path}); skipping", flush=True)
+      return Trained(summary, None)
 
-  def train_tree():  # everything besides the variables that a resumed run needs
-    tree = dict(step=state.step, opt_state=state.opt_state, accum=accum, rng=rng)
-    return tree if selected is None else dict(tree, selected=selected)
+    # Setup: data order, model, optimizer, the teacher's slot, data selection.
+    seed = stage_seed(config.seed, stage)
+    model = models.create(config.model, info.num_classes)
+    loader = data_lib.make_loader(data.train, batch_size=config.batch_size, seed=seed,
+                                  train=True, augment=info.augmentation)
+    steps_per_epoch = loader.steps_per_epoch
+    total_steps = config.num_epochs * steps_per_epoch
+    tx, schedule = state_lib.make_optimizer(config.optim, steps_per_epoch)
+    selector = selected = teacher_fn = class_similarity = None
+    if teacher is not None:
+      teacher_fn = state_lib.teacher_forward(teacher.model)
+      if methods.needs_class_similarity(method.name):
+        kernel = teacher.variables["params"]["classifier"]["kernel"]
+        class_similarity = targets.class_similarity(kernel, float(method.sim_temperature))
+    if methods.selects(method):
+      selector = selection_rounds.make_selector(config, teacher, data, mesh, model, seed)
+      selected = np.zeros(len(data.train), bool)  # until round 0: CE only (the warm-up)
+    state = state_lib.create_train_state(
+        model, tx, jax.random.PRNGKey(seed), info.input_shape, teacher_fn=teacher_fn,
+        teacher_variables=teacher and teacher.variables, class_similarity=class_similarity,
+        selected=selected)
+    state = parallel.replicate(state, mesh)
+    replicated = parallel.replicated(mesh)
+    train_step = jax.jit(functools.partial(step_lib.train_step, method=method,
+                                           steps_per_epoch=steps_per_epoch),
+                         donate_argnums=0, out_shardings=(replicated, replicated))
+    eval_fn = evaluate.make_eval_fn(model)
+    val_loader = data.val and evaluate.eval_loader(data.val, config.eval_batch_size)
+    test_loader = evaluate.eval_loader(data.test, config.eval_batch_size)
 
-  ckpts = ckpt_lib.Checkpoints(role_dir, config.checkpoint.keep)
-  restored = ckpts.restore_latest(ckpt_lib.abstract(state.variables),
-                                  ckpt_lib.abstract(train_tree()))
-  meta = dict(role=role, model=settings.model, num_classes=info.num_classes,
-              dataset=info.name, seed=int(config.seed), epoch=0, step_in_epoch=0, step=0,
-              best_val_accuracy=None, best_val_step=None, train_seconds=0.0,
-              selection=[], selection_epoch=None)
-  if restored is not None:
-    variables, train, meta = restored["variables"], restored["train"], restored["meta"]
-    state = state.replace(params=variables["params"],
-                          batch_stats=variables.get("batch_stats", {}),
-                          step=train["step"], opt_state=train["opt_state"])
-    accum, rng, selected = train["accum"], train["rng"], train.get("selected")
-    print(f"kd_jax: {role} resumes at step {meta['step']} (epoch {meta['epoch']}, step "
-          f"{meta['step_in_epoch']} in epoch)", flush=True)
-
-  teacher_inputs = class_similarity = None
-  teacher_fn = None
-  if methods.needs_teacher(method.name):
-    teacher_inputs, teacher_fn = teacher.variables, step_lib.teacher_forward(teacher.model)
-    if methods.needs_class_similarity(method.name):
-      class_similarity = jax.jit(targets.class_similarity, static_argnums=1)(
-          teacher.variables["params"]["classifier"]["kernel"], float(method.sim_temperature))
-  replicated = parallel.replicated(mesh)
-  train_step = jax.jit(step_lib.make_train_step(model, method, steps_per_epoch, teacher_fn),
-                       donate_argnums=(0, 1), out_shardings=(replicated, replicated))
-  reset = jax.jit(step_lib.reset, static_argnums=1, donate_argnums=0,
-                  out_shardings=replicated)
-  eval_fn = eval_lib.make_eval_fn(model)
-  val_loader = data.val and eval_lib.eval_loader(data.val, config.eval_batch_size)
-  test_loader = eval_lib.eval_loader(data.test, config.eval_batch_size)
-
-  writer = report.MetricsWriter(role_dir, meta["step"] if restored is not None else None)
-  bar = report.progress_bar(total_steps, meta["step"], role)
-  step, start_epoch, start = meta["step"], meta["epoch"], meta["step_in_epoch"]
-  clock = dict(session=time.time(), excluded=0.0, images=0)
-  log_clock = [time.time(), step]
-
-  def check_finite(sums, where):
-    if float(sums["nonfinite"]) > 0:
-      raise TrainingDiverged(
-          f"{role} training stopped: non-finite loss (NaN or inf) before step {step} "
-          f"({where}); the last good checkpoint is kept: step {ckpts.latest.latest_step()} "
-          f"in {ckpts.latest.directory}")
-
-  def save(epoch, step_in_epoch):
-    tick = time.time()
-    check_finite(parallel.to_host(accum["epoch"]), "checkpoint")
-    meta.update(epoch=epoch, step_in_epoch=step_in_epoch, step=step,
-                train_seconds=meta_seconds())
-    ckpts.save(step, state.variables, train_tree(), meta)
-    clock["excluded"] += time.time() - tick
-
-  def meta_seconds():
-    return float(restored_seconds + time.time() - clock["session"])
-
-  def run_eval(loader, split, epoch, variables):
-    tick = time.time()
-    values = eval_lib.evaluate(eval_fn, variables, loader, mesh)
-    writer.write(step, epoch, split, values)
-    clock["excluded"] += time.time() - tick
-    return values
-
-  restored_seconds = float(meta["train_seconds"])
-  selection_config = config.get("selection") or data_selection.default_config()
-  for epoch in range(start_epoch, settings.num_epochs):
-    if start == 0:
-      accum = reset(accum, "epoch")
-    if (selector and data_selection.is_round(selection_config, epoch)
-        and meta.get("selection_epoch") != epoch):
-      tick = time.time()
-      mask, stats = selector(state.variables, epoch)
-      selected = parallel.replicate(mask, mesh)
-      meta.update(selection=list(meta.get("selection") or []) + [stats], selection_epoch=epoch)
-      logging.info("%s selection round at epoch %d: %s", role, epoch, stats)
-      if clock.get("first_step") is not None:  # else already inside first_step's time
-        clock["excluded"] += time.time() - tick
-    for in_epoch, batch in enumerate(loader.epoch(epoch, start), start=start + 1):
-      state, accum = train_step(state, accum, parallel.shard_batch(batch, mesh),
-                                teacher_inputs, class_similarity, selected, rng)
-      step += 1
-      clock["images"] += config.batch_size
-      bar.update(1)
-      if clock.get("first_step") is None:  # exclude compilation from images/s
-        jax.block_until_ready(state.step)
-        clock["first_step"] = time.time() - clock["session"]
-        clock["images"] = 0
-      end_of_epoch = in_epoch == steps_per_epoch
-      if step % config.log_every_steps == 0 or end_of_epoch:
-        window = parallel.to_host(accum["window"])
-        accum = reset(accum, "window")
-        check_finite(window, f"epoch {epoch}")
-        now = time.time()
-        values = _means(window)
-        values.update(learning_rate=float(schedule(step - 1)),
-                      images_per_second=(step - log_clock[1]) * config.batch_size
-                      / max(now - log_clock[0], 1e-9))
-        log_clock[:] = [now, step]
-        writer.write(step, step / steps_per_epoch, "train", values)
-        bar.set_postfix(epoch=epoch + 1, loss=f"{values['loss']:.4f}",
-                        acc=f"{values['accuracy']:.4f}",
-                        img_s=f"{values['images_per_second']:.0f}", refresh=False)
-      if end_of_epoch:
-        epoch_values = _means(parallel.to_host(accum["epoch"]))
-        writer.write(step, epoch + 1, "train_epoch", epoch_values)
-        last = epoch + 1 == settings.num_epochs
-        line = f"{role} epoch {epoch + 1}/{settings.num_epochs}: train loss " \
-               f"{epoch_values['loss']:.4f} acc {epoch_values['accuracy']:.4f}"
-        if val_loader and ((epoch + 1) % config.eval_every_epochs == 0 or last):
-          val = run_eval(val_loader, "val", epoch + 1, state.variables)
-          line += f", val acc {val['accuracy']:.4f}"
-          if meta["best_val_accuracy"] is None or val["accuracy"] > meta["best_val_accuracy"]:
-            meta.update(best_val_accuracy=val["accuracy"], best_val_step=step)
-            ckpts.save_best(step, state.variables, dict(meta, val=val))
-        every = config.eval_test_every_epochs
-        if every and ((epoch + 1) % every == 0 or last):
-          test = run_eval(test_loader, "test", epoch + 1, state.variables)
-          line += f", test acc {test['accuracy']:.4f}"
-        logging.info(line)
-        save(epoch + 1, 0)
-      elif config.checkpoint.every_steps and step % config.checkpoint.every_steps == 0:
-        save(epoch, in_epoch)
-    start = 0
-  bar.close()
-
-  session_seconds = time.time() - clock["session"] - clock.get("first_step", 0.0)
-  images_per_second = clock["images"] / max(session_seconds - clock["excluded"], 1e-9)
-  test = eval_lib.evaluate(eval_fn, state.variables, test_loader, mesh)
-  writer.write(step, settings.num_epochs, "final_test", test)
-  best = ckpts.restore_best(ckpt_lib.abstract(state.variables))
-  best_test = best and eval_lib.evaluate(eval_fn, best[0], test_loader, mesh)
-  summary = dict(
-      role=role, config=config.get("name", ""), dataset=info.name, model=settings.model,
-      method=method.name, seed=int(config.seed), num_epochs=settings.num_epochs, steps=step,
-      params=num_params, test_accuracy=test["accuracy"], test_top5=test["top5"],
-      test_loss=test["loss"], ece=test["ece"], test_metrics=test,
-      best_val_accuracy=meta["best_val_accuracy"], best_val_step=meta["best_val_step"],
-      best_val_checkpoint_test_accuracy=best_test and best_test["accuracy"],
-      train_seconds=meta_seconds(),
-      images_per_second=images_per_second if clock["images"] else None,
-      train_step_compilations=train_step._cache_size(),  # pylint: disable=protected-access
-      teacher=teacher and teacher.source,
-      teacher_test_accuracy=teacher and getattr(teacher, "test_accuracy", None),
-      selection=meta.get("selection") or None)
-  writer.close()
-  ckpts.close()
-  if parallel.is_primary():
-    report.plot_curves(role_dir, f"{config.get('name', '')} {role}: {settings.model}, "
-                       f"{method.name}")
-  report.write_json(summary_path, summary)
-  parallel.sync(f"{role}_done")
-  return summary
-
-
-def _teacher_line(role: str, summary: dict) -> str:
-  return (f"{role} {summary.get('model')}: test accuracy {summary['test_accuracy']:.4f} "
-          f"(top-5 {summary['test_top5']:.4f}, loss {summary['test_loss']:.4f}, "
-          f"ECE {summary['ece']:.4f})")
-
-
-def evaluate_loaded_teacher(config, teacher: setup.Teacher, data, mesh, workdir) -> dict:
-  """Test metrics of a teacher loaded from a checkpoint (cached in the workdir)."""
-  path = os.path.join(workdir, "loaded_teacher.json")
-  if os.path.exists(path):
-    cached = report.read_json(path)
-    if cached.get("teacher_checkpoint") == teacher.source:
-      return cached
-  test = eval_lib.evaluate(eval_lib.make_eval_fn(teacher.model), teacher.variables,
-                           eval_lib.eval_loader(data.test, config.eval_batch_size), mesh)
-  summary = dict(role="teacher", config=config.get("name", ""), dataset=data.info.name,
-                 model=teacher.model_name, teacher_checkpoint=teacher.source, trained=False,
-                 params=state_lib.param_count(teacher.variables["params"]),
-                 test_accuracy=test["accuracy"], test_top5=test["top5"], test_loss=test["loss"],
-                 ece=test["ece"], test_metrics=test)
-  report.write_json(path, summary)
-  return summary
-
-
-def prepare(config):
-  """(mesh, data) after every check of the config; raises ValueError on bad input."""
-  data = setup.load_data(config)
-  setup.check_config(config, data.info.num_classes)
-  data_selection.check_config(config, data.val is not None)
-  return parallel.make_mesh(), data
-
-
-def run(config, workdir: str, *, mesh=None, data=None) -> dict:
-  """Trains (or loads) the teacher when needed, then the student; writes summary.json.
-
-  Stages whose summary exists are skipped, so rerunning a finished or killed command is safe.
-  """
-  if data is None:
-    mesh, data = prepare(config)
-  if parallel.is_primary():
-    os.makedirs(workdir, exist_ok=True)
-  report.write_json(os.path.join(workdir, "config.json"), config.to_dict())
-  summary = dict(config=config.get("name", ""), dataset=data.info.name, seed=int(config.seed))
-  teacher = None
-  teacher_settings = setup.role_settings(config, "teacher")
-  if setup.uses_teacher(config) or not config.student.model:
-    if teacher_settings.checkpoint:
-      teacher = setup.load_teacher(teacher_settings, data.info.num_classes,
-                                   data.info.input_shape, mesh)
-      summary["teacher"] = evaluate_loaded_teacher(config, teacher, data, mesh, workdir)
-      teacher = dataclasses.replace(teacher, test_accuracy=summary["teacher"]["test_accuracy"])
+    # Restore: the newest good checkpoint of this configuration, if any.
+    checkpointer = ckpt_lib.Checkpointer(workdir, config.checkpoint.keep)
+    restored = checkpointer.restore_latest(ckpt_lib.abstract(state.checkpoint_items()),
+                                           fingerprint)
+    meta = dict(stage=stage, fingerprint=fingerprint, epoch=0, step_in_epoch=0, step=0,
+                best_val_accuracy=None, best_val_step=None, train_seconds=0.0,
+                selection=[], selection_epoch=None, metric_sums={})
+    if restored is None:
+      workdir_lib.write_json(os.path.join(workdir, "config.json"), config.to_dict())
     else:
-      summary["teacher"] = train_model(config, "teacher", workdir, data=data, mesh=mesh,
-                                       settings=teacher_settings)
-      teacher = setup.trained_teacher(os.path.join(workdir, "teacher"), teacher_settings.model,
-                                      data.info, mesh, summary["teacher"])
-    print(f"kd_jax: {_teacher_line('teacher', summary['teacher'])}", flush=True)
-  if config.student.model:
-    summary["student"] = train_model(config, "student", workdir, teacher=teacher, data=data,
-                                     mesh=mesh)
-    print(f"kd_jax: {_teacher_line('student', summary['student'])}", flush=True)
-  report.write_json(os.path.join(workdir, "summary.json"), summary)
-  return summary
+      state, meta = state.restore(restored), restored["meta"]
+      print(f"kd_jax: {stage} resumes at step {meta['step']} (epoch {meta['epoch']}, step "
+            f"{meta['step_in_epoch']} in epoch)", flush=True)
+    metric_sums = step_lib.MetricSums(meta["metric_sums"])
+    writer = writer_lib.MetricsWriter(workdir, stage, meta["step"] if restored else None)
+    progress = writer_lib.Progress(total_steps, config.batch_size)
+    step, start_epoch, start_in_epoch = meta["step"], meta["epoch"], meta["step_in_epoch"]
+    session_start, seconds_before = time.time(), float(meta["train_seconds"])
+
+    # Loop: epochs of steps; logs, evaluations and checkpoints at their cadences.
+    for epoch in range(start_epoch, config.num_epochs):
+      first = start_in_epoch if epoch == start_epoch else 0
+      if (selector and selection_rounds.is_round(config.selection, epoch)
+          and meta["selection_epoch"] != epoch):
+        with progress.paused():
+          mask, stats = selector(state.variables, epoch)
+        state = state.replace(selected=parallel.replicate(mask, mesh))
+        meta = dict(meta, selection=[*meta["selection"], stats], selection_epoch=epoch)
+        print(f"kd_jax: {stage} selection round at epoch {epoch}: {stats['num_selected']} of "
+              f"{stats['num_examples']} examples selected ({stats['criterion']})", flush=True)
+      for in_epoch, batch in enumerate(loader.epoch(epoch, first), start=first + 1):
+        state, metrics = train_step(state, parallel.shard_batch(batch, mesh))
+        metric_sums.append(metrics)
+        step += 1
+        if progress.measured_from is None:  # compilation is not training time
+          jax.block_until_ready(metrics)
+          progress.step_done(step)
+        end_of_epoch = in_epoch == steps_per_epoch
+        meta = dict(meta, step=step, epoch=epoch + end_of_epoch,
+                    step_in_epoch=0 if end_of_epoch else in_epoch,
+                    train_seconds=seconds_before + time.time() - session_start)
+        if step % config.log_every_steps == 0 or end_of_epoch:
+          values = metric_sums.window_means()
+          if not np.isfinite(values["loss"]):
+            raise TrainingDiverged(
+                f"{stage} training stopped: non-finite loss (NaN or inf) before step {step}; "
+                f"the last good checkpoint is kept: {_last_good(checkpointer)}")
+          values.update(epoch=step / steps_per_epoch, learning_rate=float(schedule(step - 1)),
+                        images_per_second=progress.images_per_second(step) or 0.0)
+          writer.write_scalars(step, values, "train", progress.report(step))
+        if not end_of_epoch:
+          if due(step, config.checkpoint.every_steps, total_steps):
+            with progress.paused():
+              _save(checkpointer, state, meta, metric_sums)
+          continue
+        writer.write_scalars(step, dict(metric_sums.epoch_means(), epoch=epoch + 1),
+                             "train_epoch")
+        val_accuracy = None
+        with progress.paused():
+          if val_loader and due(epoch + 1, config.eval_every_epochs, config.num_epochs):
+            val = evaluate.evaluate(eval_fn, state.variables, val_loader, mesh)
+            writer.write_scalars(step, dict(val, epoch=epoch + 1), "val")
+            val_accuracy = val["accuracy"]
+            if meta["best_val_accuracy"] is None or val_accuracy > meta["best_val_accuracy"]:
+              meta = dict(meta, best_val_accuracy=val_accuracy, best_val_step=step)
+          if due(epoch + 1, config.eval_test_every_epochs, config.num_epochs):
+            test = evaluate.evaluate(eval_fn, state.variables, test_loader, mesh)
+            writer.write_scalars(step, dict(test, epoch=epoch + 1), "test")
+          _save(checkpointer, state, meta, metric_sums, val_accuracy)
+
+    # The final model's test metrics, and the best-validation checkpoint's (labelled).
+    test = evaluate.evaluate(eval_fn, state.variables, test_loader, mesh)
+    writer.write_scalars(step, dict(test, epoch=config.num_epochs), "final_test")
+    best_test = None
+    if meta["best_val_step"] is not None:
+      best = checkpointer.restore(meta["best_val_step"],
+                                  dict(variables=ckpt_lib.abstract(state.variables)))
+      best_test = evaluate.evaluate(eval_fn, best["variables"], test_loader, mesh)
+    summary = dict(
+        stage=stage, role=stage, config=config.get("name", ""), dataset=info.name,
+        num_classes=info.num_classes, input_shape=list(info.input_shape), model=config.model,
+        method=method.name, seed=int(config.seed), num_epochs=config.num_epochs, steps=step,
+        params=state_lib.param_count(state.params), test_accuracy=test["accuracy"],
+        test_top5=test["top5"], test_loss=test["loss"], ece=test["ece"], test_metrics=test,
+        best_val_accuracy=meta["best_val_accuracy"], best_val_step=meta["best_val_step"],
+        best_val_checkpoint_test_accuracy=best_test and best_test["accuracy"],
+        train_seconds=meta["train_seconds"],
+        images_per_second=progress.images_per_second(step),
+        train_step_compilations=train_step._cache_size(),  # pylint: disable=protected-access
+        teacher=teacher and teacher.source,
+        teacher_test_accuracy=teacher and teacher.test_accuracy,
+        selection=meta["selection"] or None, fingerprint=fingerprint)
+    writer.close()
+    checkpointer.close()
+    workdir_lib.write_json(summary_path, summary)
+    parallel.sync(f"{stage}_done")
+    return Trained(summary, state.variables)

@@ -1,13 +1,19 @@
-"""Train states and optimizers.
+"""The KD train state and the optimizer.
 
-A train state is Flax's `TrainState` (step, params, opt_state, apply_fn, tx) plus the model's
-`batch_stats` (empty for models without batch norm). The optimizer follows the PyTorch
-reference protocols (RepDistiller, mdistiller, torchvision ImageNet): SGD with momentum and
-coupled L2 weight decay `g <- g + wd * w` on every parameter, and a learning rate that is
-multiplied by `lr_decay_factor` at each epoch of `lr_decay_epochs` (or a cosine decay), with an
-optional linear warm-up.
+`TrainState` holds everything the jitted step reads: the trained model (student, or a
+teacher trained from labels) with its params, BatchNorm statistics, optimizer state, step
+and PRNG key; the frozen teacher (its forward function and variables, which the optimizer
+never touches and the checkpoint does not duplicate); and per-run constants (the teacher's
+class similarity for KD-sim, the data-selection mask). A checkpoint holds only the trained
+model's part (`checkpoint_items`).
+
+The optimizer follows the PyTorch reference protocols (RepDistiller, mdistiller,
+torchvision ImageNet): SGD with momentum and coupled L2 weight decay `g <- g + wd * w` on
+every parameter, and a learning rate multiplied by `lr_decay_factor` at each epoch of
+`lr_decay_epochs` (or a cosine decay), after an optional linear warm-up.
 """
 
+from collections.abc import Callable
 from typing import Any
 
 import flax
@@ -16,15 +22,44 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax.training import train_state
+
+# teacher_fn(teacher_variables, batch) -> float32 logits [B, C]: a forward pass, or a lookup
+# of stored logits keyed by batch["index"]; the step never needs to know which.
+TeacherFn = Callable[[Any, dict], jax.Array]
 
 
-class TrainState(train_state.TrainState):
-  batch_stats: Any = flax.struct.field(default_factory=dict)
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  rng: jax.Array
+  teacher_variables: Any = None
+  class_similarity: jax.Array | None = None
+  selected: jax.Array | None = None  # bool [N]: examples the teacher supervises
+  apply_fn: Callable = flax.struct.field(pytree_node=False, default=None)
+  tx: optax.GradientTransformation = flax.struct.field(pytree_node=False, default=None)
+  teacher_fn: TeacherFn | None = flax.struct.field(pytree_node=False, default=None)
 
   @property
   def variables(self) -> dict:
     return make_variables(self.params, self.batch_stats)
+
+  def checkpoint_items(self) -> dict:
+    """What a checkpoint stores: the model's variables, and the rest a resumed run needs."""
+    train = dict(step=self.step, opt_state=self.opt_state, rng=self.rng)
+    if self.selected is not None:
+      train["selected"] = self.selected
+    return dict(variables=self.variables, train=train)
+
+  def restore(self, items: dict) -> "TrainState":
+    """This state with the arrays of `checkpoint_items()` replaced by `items`'."""
+    variables, train = items["variables"], items["train"]
+    return self.replace(params=variables["params"],
+                        batch_stats=variables.get("batch_stats", {}), step=train["step"],
+                        opt_state=train["opt_state"], rng=train["rng"],
+                        selected=train.get("selected", self.selected))
 
 
 def make_variables(params, batch_stats) -> dict:
@@ -35,44 +70,47 @@ def make_variables(params, batch_stats) -> dict:
   return variables
 
 
+def teacher_forward(model: nn.Module) -> TeacherFn:
+  """`teacher_fn` running `model` in eval mode on `batch["image"]` (float32 logits)."""
+  def forward(variables, batch):
+    return model.apply(variables, batch["image"], train=False).astype(jnp.float32)
+  return forward
+
+
 def learning_rate_schedule(optim, steps_per_epoch: int) -> optax.Schedule:
   """Learning rate per step.
 
   `optim.schedule == "step"`: `lr * factor^k` where k counts the epochs of `lr_decay_epochs`
-  already passed; `"cosine"`: `lr * (1 + cos(pi * t)) / 2` over `optim.num_epochs` epochs.
-  Both are preceded by a linear warm-up from 0 over `optim.warmup_epochs` epochs when > 0.
+  already passed (epochs count from 0, the warm-up included, as torch's MultiStepLR);
+  `"cosine"`: `lr * (1 + cos(pi * t)) / 2` over the epochs after the warm-up. Both start
+  with a linear warm-up from 0 over `optim.warmup_epochs` epochs when > 0.
   """
   base = float(optim.learning_rate)
   warmup_steps = int(round(optim.warmup_epochs * steps_per_epoch))
   if optim.schedule == "step":
-    boundaries = {int(round(e * steps_per_epoch)): float(optim.lr_decay_factor)
+    boundaries = {int(round(e * steps_per_epoch)) - warmup_steps: float(optim.lr_decay_factor)
                   for e in optim.lr_decay_epochs}
     main = optax.piecewise_constant_schedule(base, boundaries)
-  elif optim.schedule == "cosine":
+  else:
     total = max(1, int(optim.num_epochs * steps_per_epoch) - warmup_steps)
     main = optax.cosine_decay_schedule(base, total)
-  else:
-    raise ValueError(f"optim.schedule={optim.schedule!r} is not allowed: 'step' or 'cosine'")
   if warmup_steps <= 0:
     return main
-  # The step schedule counts epochs from 0, so it is not shifted by the warm-up.
-  shift = 0 if optim.schedule == "step" else warmup_steps
-  warmup = optax.linear_schedule(0.0, base, warmup_steps)
-  return lambda step: jnp.where(step < warmup_steps, warmup(step), main(step - shift))
+  return optax.join_schedules([optax.linear_schedule(0.0, base, warmup_steps), main],
+                              [warmup_steps])
 
 
 def make_optimizer(optim, steps_per_epoch: int) -> tuple[optax.GradientTransformation,
                                                             optax.Schedule]:
-  """SGD (momentum, optional Nesterov) with coupled weight decay, as torch.optim.SGD."""
+  """SGD (momentum, optional Nesterov) with coupled weight decay, as torch.optim.SGD; or
+  AdamW (decoupled decay)."""
   schedule = learning_rate_schedule(optim, steps_per_epoch)
   if optim.name == "sgd":
     tx = optax.chain(optax.add_decayed_weights(float(optim.weight_decay)),
                      optax.sgd(schedule, momentum=float(optim.momentum) or None,
                                nesterov=bool(optim.nesterov)))
-  elif optim.name == "adamw":
-    tx = optax.adamw(schedule, weight_decay=float(optim.weight_decay))
   else:
-    raise ValueError(f"optim.name={optim.name!r} is not allowed: 'sgd' or 'adamw'")
+    tx = optax.adamw(schedule, weight_decay=float(optim.weight_decay))
   return tx, schedule
 
 
@@ -83,16 +121,18 @@ def init_variables(model: nn.Module, rng: jax.Array, input_shape) -> dict:
   return jax.jit(lambda key: model.init(key, dummy, train=False))(rng)
 
 
-def create_train_state(model: nn.Module, tx, rng: jax.Array, input_shape) -> TrainState:
-  """Initial state (variables from `rng`, optimizer state, step 0), built in one jit."""
-  dummy = jnp.zeros((2, *input_shape), jnp.float32)
-
-  def create(key):
-    variables = model.init(key, dummy, train=False)
-    return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
-                             batch_stats=variables.get("batch_stats", {}))
-
-  return jax.jit(create)(rng)
+def create_train_state(model: nn.Module, tx, rng: jax.Array, input_shape, *,
+                       teacher_fn: TeacherFn | None = None, teacher_variables=None,
+                       class_similarity=None, selected=None) -> TrainState:
+  """Step 0: fresh variables from `rng` (its first half; the second seeds dropout)."""
+  init_rng, dropout_rng = jax.random.split(rng)
+  variables = init_variables(model, init_rng, input_shape)
+  params = variables["params"]
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    batch_stats=variables.get("batch_stats", {}),
+                    opt_state=jax.jit(tx.init)(params), rng=dropout_rng,
+                    teacher_variables=teacher_variables, class_similarity=class_similarity,
+                    selected=selected, apply_fn=model.apply, tx=tx, teacher_fn=teacher_fn)
 
 
 def param_count(params) -> int:

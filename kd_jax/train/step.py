@@ -1,34 +1,23 @@
 """The jitted train and eval steps.
 
-One train step = teacher forward (eval mode, `stop_gradient`) -> the method's per-example
-objective (`kd_jax.methods.per_example_losses`) -> masked mean over the real examples of the
-global batch -> student update. The teacher forward is a separate function
-`teacher_fn(teacher_inputs, batch) -> logits [B, C]`, so it can be swapped for a lookup of
-stored soft labels keyed by `batch["index"]` without touching the rest of the step.
+`train_step(state, batch, *, method, steps_per_epoch) -> (state, metrics)`: the teacher's
+logits (`state.teacher_fn`, under stop_gradient), the method's per-example objective
+(`kd_jax.methods.per_example_losses`), its mean over the real (non-padding) examples of the
+global batch, and one optimizer update. Bind the keyword arguments with functools.partial and
+jit it once with `donate_argnums=0`.
 
-Running sums for logging live in an `accum` pytree updated inside the step (no host sync per
-step): `{"window": sums since the last log, "epoch": sums since the epoch began}`, each with
-`count` (real examples), `loss`, `correct`, `nonfinite` (steps whose loss was NaN/inf, whose
-update was skipped) and one sum per diagnostic of the method (`ce`, `teacher_term`, `beta`...).
+`metrics` are scalars: the step's means over real examples of `loss`, `accuracy` and the
+method's diagnostics (`ce`, `teacher_term`, `beta`, ...), plus `count`, the number of real
+examples. They stay on the device; the loop fetches them only when it logs (`MetricSums`).
 """
-
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from kd_jax import methods
 from kd_jax.train.state import TrainState, make_variables
-
-TeacherFn = Callable[[object, dict], jax.Array]
-
-
-def teacher_forward(model) -> TeacherFn:
-  """`teacher_fn` that runs `model` in eval mode on `batch["image"]` (float32 logits)."""
-  def forward(variables, batch):
-    return model.apply(variables, batch["image"], train=False).astype(jnp.float32)
-  return forward
 
 
 def teacher_mask_for(batch: dict, selected):
@@ -46,90 +35,110 @@ def teacher_mask_for(batch: dict, selected):
   return jnp.where(index >= 0, selected[jnp.maximum(index, 0)], False)
 
 
-def metric_keys(method_config, num_classes: int) -> tuple[str, ...]:
-  """Names of the per-example diagnostics that `methods.per_example_losses` returns."""
-  logits = jax.ShapeDtypeStruct((2, num_classes), jnp.float32)
-  labels = jax.ShapeDtypeStruct((2,), jnp.int32)
-  teacher = logits if methods.needs_teacher(method_config.name) else None
-  similarity = (jax.ShapeDtypeStruct((num_classes, num_classes), jnp.float32)
-                if methods.needs_class_similarity(method_config.name) else None)
-  shapes = jax.eval_shape(
-      lambda z, y, t, s: methods.per_example_losses(method_config, z, y, t, epoch=0.0,
-                                                    class_similarity=s),
-      logits, labels, teacher, similarity)
-  return tuple(sorted(set(shapes) | {"loss", "correct", "count", "nonfinite"}))
-
-
-def init_accumulators(keys) -> dict:
-  zeros = {key: np.zeros((), np.float32) for key in keys}
-  return {"window": dict(zeros), "epoch": dict(zeros)}
-
-
-def reset(accum: dict, which: str) -> dict:
-  """`accum` with the sums of `which` ("window" or "epoch") set to zero (jit this)."""
-  return {**accum, which: jax.tree.map(jnp.zeros_like, accum[which])}
-
-
-def masked_mean(values, mask):
-  """`sum(values * mask) / max(sum(mask), 1)` over the batch axis: padding is excluded."""
-  weights = mask.astype(jnp.float32)
+def masked_mean(values, weights):
+  """`sum(values * weights) / max(sum(weights), 1)` over the batch axis."""
   return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
-def make_train_step(model, method_config, steps_per_epoch: int,
-                    teacher_fn: TeacherFn | None = None):
-  """Builds `train_step(state, accum, batch, teacher_inputs, class_similarity, selected,
-  rng) -> (state, accum)`; jit it once.
+def train_step(state: TrainState, batch: dict, *, method, steps_per_epoch: int):
+  """One update of `state` on `batch`; returns `(new_state, metrics)`.
 
-  batch: image `[B, ...]`, label int32 `[B]`, index int32 `[B]`, mask bool `[B]` (False on
-  padding); optionally teacher_mask bool `[B]`. teacher_inputs is whatever `teacher_fn`
-  reads (the teacher's variables); class_similarity `[C, C]` or None; selected bool `[N]` or
-  None; rng a PRNG key folded with the step for dropout.
-  The update is skipped (state unchanged) when the loss is not finite; `nonfinite` counts it.
+  Args:
+    state: `TrainState` (its teacher slot is used when the method needs a teacher).
+    batch: image `[B, ...]`, label int32 `[B]`, index int32 `[B]` (dataset index, -1 on
+      padding), mask bool `[B]` (False on padding); optionally teacher_mask bool `[B]`.
+    method: the method block (`kd_jax.methods.default_config()` shape), static.
+    steps_per_epoch: for the fractional epoch that warm-up ramps read.
+
+  Returns:
+    The updated state and the step's metrics (means over the real examples, and `count`).
   """
-  method_config = method_config.copy_and_resolve_references()
-  uses_teacher = methods.needs_teacher(method_config.name)
+  epoch = state.step.astype(jnp.float32) / steps_per_epoch
+  labels = batch["label"]
+  weights = batch["mask"].astype(jnp.float32)
+  teacher_logits = None
+  if methods.needs_teacher(method.name):
+    teacher_logits = jax.lax.stop_gradient(state.teacher_fn(state.teacher_variables, batch))
+  teacher_mask = teacher_mask_for(batch, state.selected)
+  rngs = {"dropout": jax.random.fold_in(state.rng, state.step)}
 
-  def train_step(state: TrainState, accum, batch, teacher_inputs, class_similarity, selected,
-                 rng):
-    epoch = state.step.astype(jnp.float32) / steps_per_epoch
-    labels, mask = batch["label"], batch["mask"]
-    teacher_logits = None
-    if uses_teacher:
-      teacher_logits = jax.lax.stop_gradient(teacher_fn(teacher_inputs, batch))
-    teacher_mask = teacher_mask_for(batch, selected)
-    rngs = {"dropout": jax.random.fold_in(rng, state.step)}
+  def loss_fn(params):
+    variables = make_variables(params, state.batch_stats)
+    mutable = ["batch_stats"] if state.batch_stats else False
+    out = state.apply_fn(variables, batch["image"], train=True, rngs=rngs, mutable=mutable)
+    logits, updates = out if mutable else (out, {})
+    logits = logits.astype(jnp.float32)
+    terms = methods.per_example_losses(method, logits, labels, teacher_logits, epoch=epoch,
+                                       class_similarity=state.class_similarity,
+                                       teacher_mask=teacher_mask)
+    return masked_mean(terms["loss"], weights), (logits, terms, updates)
 
-    def loss_fn(params):
-      variables = make_variables(params, state.batch_stats)
-      if state.batch_stats:
-        logits, updates = model.apply(variables, batch["image"], train=True, rngs=rngs,
-                                      mutable=["batch_stats"])
-      else:
-        logits, updates = model.apply(variables, batch["image"], train=True, rngs=rngs), {}
-      logits = logits.astype(jnp.float32)
-      terms = methods.per_example_losses(method_config, logits, labels, teacher_logits,
-                                         epoch=epoch, class_similarity=class_similarity,
-                                         teacher_mask=teacher_mask)
-      return masked_mean(terms["loss"], mask), (logits, terms, updates)
+  (_, (logits, terms, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params)
+  param_updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+  new_state = state.replace(step=state.step + 1,
+                            params=optax.apply_updates(state.params, param_updates),
+                            batch_stats=updates.get("batch_stats", state.batch_stats),
+                            opt_state=opt_state)
+  metrics = {key: masked_mean(value.astype(jnp.float32), weights)
+             for key, value in terms.items()}
+  metrics["accuracy"] = masked_mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32),
+                                    weights)
+  metrics["count"] = jnp.sum(weights)
+  return new_state, metrics
 
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (loss, (logits, terms, updates)), grads = grad_fn(state.params)
-    new_state = state.apply_gradients(grads=grads,
-                                      batch_stats=updates.get("batch_stats", state.batch_stats))
-    finite = jnp.isfinite(loss)
-    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
 
-    weights = mask.astype(jnp.float32)
-    sums = {key: jnp.sum(value.astype(jnp.float32) * weights) for key, value in terms.items()}
-    sums["correct"] = jnp.sum((jnp.argmax(logits, -1) == labels) * weights)
-    sums["count"] = jnp.sum(weights)
-    sums["nonfinite"] = 1.0 - finite.astype(jnp.float32)
-    accum = {which: {key: total + sums[key] for key, total in part.items()}
-             for which, part in accum.items()}
-    return new_state, accum
+class MetricSums:
+  """Host-side running sums of step metrics, weighted by each step's example count.
 
-  return train_step
+  The loop appends each step's (device) metrics; `window_means()` and `epoch_means()` fetch
+  what is pending (one device-to-host transfer per log, not per step) and average. The sums
+  are plain floats, so a checkpoint stores them (`state_dict`) and a resumed run logs the
+  same epoch means as an uninterrupted one.
+  """
+
+  def __init__(self, state: dict | None = None):
+    state = state or {}
+    self.window, self.epoch = dict(state.get("window", {})), dict(state.get("epoch", {}))
+    self.pending = []
+
+  def append(self, metrics: dict) -> None:
+    self.pending.append(metrics)
+
+  def flush(self) -> None:
+    for metrics in jax.device_get(self.pending):
+      count = float(metrics["count"])
+      for sums in (self.window, self.epoch):
+        sums["count"] = sums.get("count", 0.0) + count
+        for key, value in metrics.items():
+          if key != "count":
+            sums[key] = sums.get(key, 0.0) + float(value) * count
+    self.pending = []
+
+  @staticmethod
+  def _means(sums: dict) -> dict:
+    count = max(sums.get("count", 0.0), 1.0)
+    return {key: value / count for key, value in sums.items() if key != "count"}
+
+  def window_means(self) -> dict:
+    """Means since the last call (then reset)."""
+    self.flush()
+    means, self.window = self._means(self.window), {}
+    return means
+
+  def epoch_means(self) -> dict:
+    """Means since the epoch began (then reset)."""
+    self.flush()
+    means, self.epoch = self._means(self.epoch), {}
+    return means
+
+  def finite(self) -> bool:
+    self.flush()
+    return all(np.isfinite(v) for sums in (self.window, self.epoch) for v in sums.values())
+
+  def state_dict(self) -> dict:
+    self.flush()
+    return dict(window=dict(self.window), epoch=dict(self.epoch))
 
 
 def make_eval_step(model, with_features: bool = False):

@@ -6,10 +6,15 @@ training split (dataset indices, the held-out validation slice excluded): select
 are trained with the method's teacher (revised) term, the others with cross entropy only
 (`methods.per_example_losses(teacher_mask=...)`).
 
-Rounds. One round before training (epoch 0); with `selection.refresh_epochs = R > 0`, another
-at the start of every epoch that is a multiple of R. The mask is part of the checkpoint (and
-the round's statistics of its metadata), so a resumed run trains on exactly the selection it
-was killed with, and a round is recomputed only when the run reaches the next refresh epoch.
+(`kd_jax/selection.py` is the maths: scores and subset selection; this module runs them on
+the trainer's models and data.)
+
+Rounds. With `selection.warmup_epochs = W` (default 0) the student first trains W epochs
+with plain CE (no example selected), then round 0 scores it at the start of epoch W; with
+`selection.refresh_epochs = R > 0`, another round starts every R epochs after that. The mask
+is part of the train state and of the checkpoint (the round's statistics are in its
+metadata), so a resumed run trains on exactly the selection it was killed with, and a round
+is recomputed only when the run reaches the next round's epoch.
 
 Criteria (`selection.criterion`, all scores higher = keep; `kd_jax.selection`):
   influence        score_i = g_ref^T (H + damping I)^{-1} g_i for the softmax classifier on
@@ -23,8 +28,11 @@ Criteria (`selection.criterion`, all scores higher = keep; `kd_jax.selection`):
                    `selection.influence_target="teacher_minus_label"` scores instead the
                    influence of switching example i's target from its label to t_i,
                    `g_ref^T H^{-1} (g_i(t_i) - g_i(e_y))`: the DS decision itself.
-                   Scored model (`selection.model`): "student" (the current student, i.e. its
-                   initialisation in round 0) or "teacher" (fixed: refreshing is a no-op).
+                   Scored model (`selection.model`): "student" (the current student: its
+                   initialisation in round 0 unless `warmup_epochs` > 0, whereas the
+                   influence approximation holds at a minimiser) or "teacher" (fixed:
+                   refreshing is a no-op; with the teacher's own unrevised T = 1 output as
+                   the target every per-example gradient is zero).
   teacher_correct  1 where the teacher's argmax is the label.
   teacher_margin   p_y - max_{c != y} p_c of the teacher.
   random           uniform scores, seeded by (seed, selection.seed, round epoch): the control.
@@ -38,71 +46,15 @@ selection.
 import time
 
 import jax
-import ml_collections
 import numpy as np
-from ml_collections import config_dict
 
 from kd_jax import methods, selection, targets
 from kd_jax.train import evaluate as eval_lib
 
-MODELS = ("student", "teacher")
-INFLUENCE_TARGETS = ("teacher", "teacher_minus_label")
-
-
-def default_config() -> ml_collections.ConfigDict:
-  """The run config's `selection` block (read only when the student's method selects)."""
-  return ml_collections.ConfigDict(dict(
-      criterion="influence",    # one of kd_jax.selection.CRITERIA
-      ratio=0.5,                # share r of training examples the teacher supervises
-      hessian="exact",          # "exact" (CG solve), "diagonal" or "identity"
-      influence_target="teacher",  # or "teacher_minus_label" (module docstring)
-      l2=config_dict.placeholder(float),  # None: the optimizer's weight decay
-      damping=1e-3,             # added to H's diagonal (exact, diagonal)
-      model="student",          # whose features/classifier are scored: student or teacher
-      refresh_epochs=0,         # 0: one round before training; R: also every R epochs
-      margin_space="prob",      # teacher_margin in "prob" or "logit" space
-      seed=0,                   # folded into the random control's seed
-      histogram_bins=20,
-  ))
-
-
-def _fail(field, value, allowed):
-  raise ValueError(f"selection.{field}={value!r} is not allowed: {allowed}")
-
-
-def check_config(config, has_validation: bool) -> None:
-  """Raises ValueError (field, value, allowed); a no-op when the student does not select."""
-  if not config.student.model or not methods.selects(config.student.method):
-    return
-  s = config.get("selection") or default_config()
-  if s.criterion not in selection.CRITERIA:
-    _fail("criterion", s.criterion, f"must be one of {selection.CRITERIA}")
-  if not 0 < s.ratio <= 1:
-    _fail("ratio", s.ratio, "must be in (0, 1]")
-  if s.hessian not in selection.HESSIANS:
-    _fail("hessian", s.hessian, f"must be one of {selection.HESSIANS}")
-  if s.influence_target not in INFLUENCE_TARGETS:
-    _fail("influence_target", s.influence_target, f"must be one of {INFLUENCE_TARGETS}")
-  if s.model not in MODELS:
-    _fail("model", s.model, f"must be one of {MODELS}")
-  if not isinstance(s.refresh_epochs, int) or s.refresh_epochs < 0:
-    _fail("refresh_epochs", s.refresh_epochs, "must be an integer >= 0 (0: one round)")
-  if s.margin_space not in ("prob", "logit"):
-    _fail("margin_space", s.margin_space, "must be 'prob' or 'logit'")
-  for field in ("damping", "l2"):
-    if s[field] is not None and s[field] < 0:
-      _fail(field, s[field], "must be >= 0")
-  if not isinstance(s.histogram_bins, int) or s.histogram_bins < 1:
-    _fail("histogram_bins", s.histogram_bins, "must be an integer >= 1")
-  if s.criterion == "influence" and not has_validation:
-    raise ValueError("selection.criterion='influence' needs a reference set: set "
-                     "dataset.holdout > 0 (the test split never selects anything)")
-
-
-def is_round(settings_config, epoch: int) -> bool:
-  """Whether a selection round starts at `epoch` (0, then every refresh_epochs)."""
-  refresh = int(settings_config.refresh_epochs)
-  return epoch == 0 or (refresh > 0 and epoch % refresh == 0)
+def is_round(selection_config, epoch: int) -> bool:
+  """Whether a selection round starts at `epoch`: W, then every R epochs after W."""
+  warmup, refresh = int(selection_config.warmup_epochs), int(selection_config.refresh_epochs)
+  return epoch == warmup or (refresh > 0 and epoch > warmup and (epoch - warmup) % refresh == 0)
 
 
 def round_statistics(scores, mask, teacher_wrong, bins: int) -> dict:
@@ -137,15 +89,17 @@ def influence_scores(features, teacher_targets, labels, kernel, bias, ref_featur
   return scores
 
 
-def make_selector(config, settings, teacher, data, mesh, student_model, seed: int):
+def make_selector(config, teacher, data, mesh, student_model, seed: int):
   """`selector(student_variables, epoch) -> (selected bool [N], statistics dict)`.
+
+  `config` is the student's stage config (its `method`, `optim` and `selection` blocks).
 
   The teacher's training-set predictions are computed once (first call) and reused by every
   round; scored features are recomputed each round from the scored model's eval-mode forward.
   """
-  s = config.get("selection") or default_config()
-  method = settings.method
-  l2 = float(settings.optim.weight_decay if s.l2 is None else s.l2)
+  s = config.selection
+  method = config.method
+  l2 = float(config.optim.weight_decay if s.l2 is None else s.l2)
   batch_size = int(config.eval_batch_size)
   cache = {}
   teacher_features = s.criterion == "influence" and s.model == "teacher"

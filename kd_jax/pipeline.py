@@ -1,0 +1,77 @@
+"""The stages a config asks for, each one call of `kd_jax.train.train` in its own directory.
+
+A config file (configs/common.py) describes a teacher and a student; `run` trains the teacher
+(`workdir/teacher/`) unless the student needs none or `teacher.checkpoint` names one, then
+the student (`workdir/student/`), or hands over to the generations fold
+(`kd_jax.generations`). A teacher the same process just trained is handed over in memory;
+one from an earlier process is read from its final checkpoint. Every stage resumes or skips
+on its own, so rerunning a command after a kill or after it finished is safe.
+"""
+
+import dataclasses
+import os
+
+from kd_jax import generations, methods
+from kd_jax.train import checks, evaluate, loop, parallel, plots, splits, stage, teacher, workdir
+
+
+def stages(config) -> dict:
+  """Stage name -> stage config, for the stages this config trains (in order)."""
+  names = config.stages.split(",")
+  needs_teacher = methods.needs_teacher(config.student.method.name)
+  if "student" in names and (not needs_teacher or config.teacher.checkpoint):
+    names = [name for name in names if name != "teacher"]
+  return {name: stage.stage_config(config, name) for name in names}
+
+
+def prepare(config) -> splits.Data:
+  """The data, after every check of the config (ValueError naming the bad field)."""
+  data = splits.load_data(config)
+  if config.generations.num:
+    checks.check_pipeline(config, data, generations.stage_configs(config))
+  else:
+    checks.check_pipeline(config, data, stages(config))
+  return data
+
+
+def run(config, workdir_path: str, *, data: splits.Data | None = None) -> dict:
+  """Runs the config's stages; returns and writes `workdir/summary.json`."""
+  data = data or prepare(config)
+  mesh = parallel.make_mesh()
+  with workdir.locked(workdir_path):
+    if config.generations.num:
+      return generations.run(config, workdir_path, data, mesh)
+    summary = dict(config=config.name, dataset=data.info.name, seed=int(config.seed))
+    trained_teacher = None
+    if config.teacher.checkpoint and methods.needs_teacher(config.student.method.name):
+      trained_teacher = teacher.load(config.teacher.checkpoint, config.teacher.model,
+                                     data.info, mesh)
+      summary["teacher"] = loaded_teacher_summary(trained_teacher, data, mesh, config)
+      trained_teacher = dataclasses.replace(
+          trained_teacher, test_accuracy=summary["teacher"]["test_accuracy"])
+    for name, stage_cfg in stages(config).items():
+      stage_dir = os.path.join(workdir_path, name)
+      result = loop.train(stage_cfg, stage_dir, teacher=trained_teacher, data=data, mesh=mesh)
+      summary[name] = result.summary
+      if parallel.is_primary():
+        plots.plot_curves(stage_dir, f"{config.name} {name}: {stage_cfg.model}, "
+                          f"{stage_cfg.method.name}")
+      print(f"kd_jax: {name} {stage_cfg.model}: test accuracy {result.summary['test_accuracy']:.4f}"
+            f" (top-5 {result.summary['test_top5']:.4f}, ECE {result.summary['ece']:.4f})",
+            flush=True)
+      if name == "teacher":
+        trained_teacher = teacher.from_trained(result, stage_dir, stage_cfg.model, data.info,
+                                               mesh)
+    workdir.write_json(os.path.join(workdir_path, "config.json"), config.to_dict())
+    workdir.write_json(os.path.join(workdir_path, "summary.json"), summary)
+  return summary
+
+
+def loaded_teacher_summary(loaded: teacher.Teacher, data, mesh, config) -> dict:
+  """Test metrics of a teacher loaded from `teacher.checkpoint` (its source recorded)."""
+  test = evaluate.evaluate(evaluate.make_eval_fn(loaded.model), loaded.variables,
+                           evaluate.eval_loader(data.test, config.eval_batch_size), mesh)
+  return dict(stage="teacher", model=loaded.model_name, teacher_checkpoint=loaded.source,
+              trained=False, dataset=data.info.name, test_accuracy=test["accuracy"],
+              test_top5=test["top5"], test_loss=test["loss"], ece=test["ece"],
+              test_metrics=test, fingerprint=loaded.fingerprint)

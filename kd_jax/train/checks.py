@@ -1,0 +1,158 @@
+"""Every check of a config, in one pass before any heavy work.
+
+Each failure is a ValueError naming the field, its value and what is allowed; the CLI prints
+that one line and exits 2. `check_stage` checks what `kd_jax.train.train` trains (a stage
+config); `check_pipeline` checks a whole config file's pipeline (its stages, the teacher it
+loads, data selection and generations) without training or loading any model.
+"""
+
+import math
+
+import jax
+
+from kd_jax import methods, models, selection
+from kd_jax.train import teacher as teacher_lib
+
+STAGES = ("teacher,student", "teacher", "student")
+SELECTION_MODELS = ("student", "teacher")
+INFLUENCE_TARGETS = ("teacher", "teacher_minus_label")
+
+
+def _fail(field, value, allowed):
+  raise ValueError(f"{field}={value!r} is not allowed: {allowed}")
+
+
+def _is_int(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _positive_int(config, field) -> None:
+  if not _is_int(config[field]) or config[field] <= 0:
+    _fail(field, config[field], "must be an integer > 0")
+
+
+def _finite(field, value, allowed, ok) -> None:
+  if not (isinstance(value, (int, float)) and math.isfinite(value) and ok(value)):
+    _fail(field, value, allowed)
+
+
+def check_stage(config, data) -> None:
+  """Checks a stage config (see configs/common.py) against its data (`splits.Data`)."""
+  info = data.info
+  devices = jax.device_count()
+  for field in ("batch_size", "eval_batch_size"):
+    if not _is_int(config[field]) or config[field] <= 0 or config[field] % devices:
+      _fail(field, config[field], f"must be a positive multiple of the device count ({devices})")
+  for field in ("num_epochs", "log_every_steps", "eval_every_epochs"):
+    _positive_int(config, field)
+  if not _is_int(config.eval_test_every_epochs) or config.eval_test_every_epochs < 0:
+    _fail("eval_test_every_epochs", config.eval_test_every_epochs,
+          "must be an integer >= 0 (0: test only at the end)")
+  keep, every = config.checkpoint.keep, config.checkpoint.every_steps
+  if not (_is_int(keep) and keep >= 1 and _is_int(every) and every >= 0):
+    _fail("checkpoint.keep/every_steps", (keep, every),
+          "keep >= 1 and every_steps >= 0 (0: only at epoch ends)")
+  if info.num_classes < 2:
+    _fail("num_classes", info.num_classes, "must be >= 2 (dataset options)")
+  stage = config.stage
+  if config.model not in models.names():
+    _fail(f"{stage}.model", config.model, f"must be one of {', '.join(models.names())}")
+  try:
+    methods.validate(config.method, info.num_classes)
+  except ValueError as error:
+    raise ValueError(f"{stage}.{error}") from None
+  _finite(f"{stage}.method.temperature", config.method.temperature, "must be finite and > 0",
+          lambda t: t > 0)
+  _check_optim(config.optim, stage)
+  if methods.selects(config.method):
+    check_selection(config.selection, has_validation=data.val is not None)
+
+
+def _check_optim(optim, stage: str) -> None:
+  _finite(f"{stage}.learning_rate / optim.learning_rate", optim.learning_rate,
+          "must be finite and > 0", lambda v: v > 0)
+  if optim.name not in ("sgd", "adamw"):
+    _fail("optim.name", optim.name, "must be 'sgd' or 'adamw'")
+  if optim.schedule not in ("step", "cosine"):
+    _fail("optim.schedule", optim.schedule, "must be 'step' or 'cosine'")
+  for field in ("momentum", "weight_decay", "warmup_epochs"):
+    _finite(f"optim.{field}", optim[field], "must be finite and >= 0", lambda v: v >= 0)
+  _finite("optim.lr_decay_factor", optim.lr_decay_factor, "must be finite and > 0",
+          lambda v: v > 0)
+
+
+def check_selection(s, has_validation: bool) -> None:
+  """The `selection` block of a selecting student."""
+  def fail(field, value, allowed):
+    _fail(f"selection.{field}", value, allowed)
+  if s.criterion not in selection.CRITERIA:
+    fail("criterion", s.criterion, f"must be one of {selection.CRITERIA}")
+  if not 0 < s.ratio <= 1:
+    fail("ratio", s.ratio, "must be in (0, 1]")
+  if s.hessian not in selection.HESSIANS:
+    fail("hessian", s.hessian, f"must be one of {selection.HESSIANS}")
+  if s.influence_target not in INFLUENCE_TARGETS:
+    fail("influence_target", s.influence_target, f"must be one of {INFLUENCE_TARGETS}")
+  if s.model not in SELECTION_MODELS:
+    fail("model", s.model, f"must be one of {SELECTION_MODELS}")
+  for field in ("refresh_epochs", "warmup_epochs"):
+    if not _is_int(s[field]) or s[field] < 0:
+      fail(field, s[field], "must be an integer >= 0")
+  if s.margin_space not in ("prob", "logit"):
+    fail("margin_space", s.margin_space, "must be 'prob' or 'logit'")
+  for field in ("damping", "l2"):
+    if s[field] is not None and not s[field] >= 0:
+      fail(field, s[field], "must be >= 0")
+  if not _is_int(s.histogram_bins) or s.histogram_bins < 1:
+    fail("histogram_bins", s.histogram_bins, "must be an integer >= 1")
+  if s.criterion == "influence" and not has_validation:
+    raise ValueError("selection.criterion='influence' needs a reference set: set "
+                     "dataset.holdout > 0 (the test split never selects anything)")
+
+
+def check_pipeline(config, data, stage_configs: dict) -> None:
+  """Checks a config file's pipeline; `stage_configs`: stage name -> its stage config."""
+  if config.stages not in STAGES:
+    _fail("stages", config.stages, f"must be one of {STAGES}")
+  for stage_config in stage_configs.values():
+    check_stage(stage_config, data)
+  if "teacher" in stage_configs and methods.needs_teacher(stage_configs["teacher"].method.name):
+    _fail("teacher.method.name", config.teacher.method.name,
+          f"a teacher trained from labels uses one of {', '.join(_teacher_free())}")
+  if config.teacher.checkpoint:
+    teacher_lib.check_compatible(config.teacher.checkpoint, config.teacher.model, data.info)
+  student = stage_configs.get("student")
+  if (student is not None and methods.needs_teacher(student.method.name)
+      and "teacher" not in stage_configs and not config.teacher.checkpoint):
+    _fail("stages", config.stages, f"student.method.name={student.method.name!r} needs a "
+          "teacher: add the teacher stage or set teacher.checkpoint")
+  if config.generations.num:
+    _check_generations(config, data.info.num_classes)
+
+
+def _teacher_free() -> tuple[str, ...]:
+  return tuple(name for name in methods.NAMES if not methods.needs_teacher(name))
+
+
+def _check_generations(config, num_classes: int) -> None:
+  g = config.generations
+  if not _is_int(g.num) or g.num < 1:
+    _fail("generations.num", g.num, "must be an integer >= 1 (0 disables generations)")
+  if config.teacher.checkpoint:
+    _fail("teacher.checkpoint", config.teacher.checkpoint,
+          "must be '' in a generations run: the patriarch (generation 0) is trained here")
+  if config.student.model != config.teacher.model:
+    _fail("student.model", config.student.model,
+          f"must equal teacher.model={config.teacher.model!r}: generations share one "
+          "architecture")
+  if g.num > 1 and not methods.needs_teacher(config.student.method.name):
+    _fail("student.method.name", config.student.method.name,
+          "must learn from a teacher (kd, lr, ...) in generations 1..G-1")
+  weights = tuple(g.ce_weights or ())
+  if weights and (len(weights) != g.num - 1 or not all(0 <= w <= 1 for w in weights)):
+    _fail("generations.ce_weights", weights,
+          f"must be empty or {g.num - 1} values in [0, 1] (lambda of generations 1..G-1)")
+  if not 0 <= g.ensemble_first < g.num:
+    _fail("generations.ensemble_first", g.ensemble_first, f"must lie in [0, {g.num - 1}]")
+  if not 1 <= g.num_secondary < num_classes:
+    _fail("generations.num_secondary", g.num_secondary, f"must lie in [1, {num_classes - 1}]")

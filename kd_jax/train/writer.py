@@ -1,0 +1,133 @@
+"""What a run writes while it trains: one metrics writer and one progress clock.
+
+`MetricsWriter.write_scalars(step, scalars, split=...)` sends each record to
+`metrics.jsonl` (`{"step", "split", ...scalars}`), TensorBoard (`<split>/<name>`) and one
+readable line on stdout, flushed, so a run under nohup or a batch scheduler shows progress.
+On resume from the checkpoint at step s, records after s (written by the interrupted run
+after its last checkpoint) are dropped from metrics.jsonl and TensorBoard purges them, so a
+resumed run's records equal an uninterrupted run's. Only the primary process writes.
+
+`Progress` measures steps/s, images/s and the ETA over the time spent training (CLU's
+`ReportProgress` idea without its TensorFlow writers); `with progress.paused():` excludes
+evaluation, selection rounds and checkpoint writes.
+"""
+
+import contextlib
+import json
+import math
+import os
+import time
+
+from kd_jax.train import parallel
+
+
+def _clean(value):
+  """Floats as JSON allows them (NaN/inf become strings)."""
+  value = float(value)
+  return value if math.isfinite(value) else str(value)
+
+
+class MetricsWriter:
+  """metrics.jsonl + TensorBoard + stdout, for one run directory."""
+
+  def __init__(self, directory: str, name: str, resume_step: int | None):
+    self.name = name
+    self.path = os.path.join(directory, "metrics.jsonl")
+    self.tensorboard = None
+    if not parallel.is_primary():
+      return
+    _keep_records_until(self.path, resume_step)
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+    purge = None if resume_step is None else resume_step + 1
+    self.tensorboard = SummaryWriter(os.path.join(directory, "tensorboard"), purge_step=purge)
+
+  def write_scalars(self, step: int, scalars: dict, split: str = "train",
+                    progress: str = "") -> None:
+    """One record: `scalars` (floats; `epoch` among them) of `split` at `step`."""
+    if self.tensorboard is None:
+      return
+    record = {"step": int(step), "split": split}
+    record.update({key: _clean(value) for key, value in scalars.items()})
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+    for key, value in scalars.items():
+      if key != "epoch" and math.isfinite(float(value)):
+        self.tensorboard.add_scalar(f"{split}/{key}", float(value), int(step))
+    print(self._line(step, split, scalars, progress), flush=True)
+
+  def _line(self, step, split, scalars, progress) -> str:
+    shown = [f"{key} {scalars[key]:.4f}" for key in ("loss", "accuracy", "learning_rate")
+             if key in scalars]
+    line = f"{self.name} step {step} epoch {scalars.get('epoch', 0):.2f} {split}: "
+    return line + ", ".join(shown) + (f" | {progress}" if progress else "")
+
+  def close(self) -> None:
+    if self.tensorboard is not None:
+      self.tensorboard.close()
+
+
+def _keep_records_until(path: str, resume_step: int | None) -> None:
+  """Rewrites metrics.jsonl with the records of steps <= resume_step (none when None)."""
+  if not os.path.exists(path):
+    return
+  keep = []
+  with open(path) as f:
+    for line in f:
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError:
+        continue  # A line cut by a kill.
+      if resume_step is not None and record["step"] <= resume_step:
+        keep.append(line if line.endswith("\n") else line + "\n")
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.writelines(keep)
+  os.replace(tmp, path)
+
+
+def read_metrics(path: str) -> list[dict]:
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+class Progress:
+  """Steps/s, images/s and ETA over training time; compilation excluded (first step)."""
+
+  def __init__(self, total_steps: int, batch_size: int):
+    self.total_steps, self.batch_size = total_steps, batch_size
+    self.measured_from = None  # (time, step) after the first (compiling) step
+    self.paused_seconds = 0.0
+
+  def step_done(self, step: int) -> None:
+    """Call after each step; the first call (after compilation) starts the clock."""
+    if self.measured_from is None:
+      self.measured_from = (time.time(), step)
+      self.paused_seconds = 0.0
+
+  @contextlib.contextmanager
+  def paused(self):
+    tick = time.time()
+    try:
+      yield
+    finally:
+      self.paused_seconds += time.time() - tick
+
+  def _rate(self, since, step) -> float | None:
+    if since is None or step <= since[1]:
+      return None
+    seconds = time.time() - since[0] - self.paused_seconds
+    return (step - since[1]) / max(seconds, 1e-9)
+
+  def images_per_second(self, step: int) -> float | None:
+    """Over the whole run so far (this process's session)."""
+    rate = self._rate(self.measured_from, step)
+    return None if rate is None else rate * self.batch_size
+
+  def report(self, step: int) -> str:
+    """`'123.4 img/s, ETA 0:01:02'` since the clock started ('' before)."""
+    rate = self._rate(self.measured_from, step)
+    if rate is None:
+      return ""
+    eta = int((self.total_steps - step) / rate)
+    return (f"{rate * self.batch_size:.0f} img/s, {rate:.1f} steps/s, "
+            f"ETA {eta // 3600}:{eta // 60 % 60:02d}:{eta % 60:02d}")
