@@ -19,8 +19,10 @@ def get_config():
   c.name = "cifar100_generations"
   c.dataset.holdout = 5000
   c.teacher = common.teacher("resnet20", "tsd", tsd_eta=0.6, tsd_num_secondary=5,
-                             tsd_warmup_epochs=5.0)
-  c.student = common.student("resnet20", "kd", temperature=1.0, ce_weight=0.6, kd_weight=0.4)
+                             tsd_warmup_epochs=5.0, tsd_schedule="linear",
+                             tsd_primary="argmax", target_temperature=1.0)
+  c.student = common.student("resnet20", "kd", temperature=1.0, ce_weight=0.6, kd_weight=0.4,
+                             target_temperature=1.0)
   c.generations.num = 5
   c.eval_test_every_epochs = 10
   return c

@@ -16,9 +16,9 @@ def get_config():
   c.num_epochs = 30
   c.optim.learning_rate = 0.05
   c.optim.schedule = "cosine"
-  c.teacher = common.teacher("cnn_digits_large", "ce")
+  c.teacher = common.teacher("cnn_digits_large", "ce", target_temperature=1.0)
   c.student = common.student("cnn_digits_small", "kd", temperature=4.0, ce_weight=0.1,
-                             kd_weight=0.9)
+                             kd_weight=0.9, target_temperature=1.0)
   c.log_every_steps = 20
   c.checkpoint.every_steps = 200
   return c

@@ -22,8 +22,9 @@ def get_config():
   c.optim.learning_rate = 0.2
   c.optim.weight_decay = 1e-4
   c.optim.lr_decay_epochs = (30, 60, 90)
-  c.teacher = common.teacher("ResNet34", "ce")
-  c.student = common.student("ResNet18", "kd", temperature=1.0, ce_weight=0.5, kd_weight=0.5)
+  c.teacher = common.teacher("ResNet34", "ce", target_temperature=1.0)
+  c.student = common.student("ResNet18", "kd", temperature=1.0, ce_weight=0.5, kd_weight=0.5,
+                             target_temperature=1.0)
   c.log_every_steps = 200
   c.checkpoint.every_steps = 2000
   return c

@@ -17,9 +17,10 @@ def get_config():
   c.optim.learning_rate = 0.05
   c.optim.weight_decay = 5e-4
   c.optim.schedule = "cosine"
-  c.teacher = common.teacher("cnn1d_large", "ce")
+  c.teacher = common.teacher("cnn1d_large", "ce", target_temperature=1.0)
   # T=4 with equal CE and KD weights: on this small student, beats CE (0.1/0.9 does not).
-  c.student = common.student("cnn1d_small", "kd", temperature=4.0, ce_weight=0.5, kd_weight=0.5)
+  c.student = common.student("cnn1d_small", "kd", temperature=4.0, ce_weight=0.5, kd_weight=0.5,
+                             target_temperature=1.0)
   # Data Selection (kd_ds, lr_ds, ...): re-scored on the current student every 10 epochs.
   c.selection.refresh_epochs = 10
   c.log_every_steps = 50

@@ -20,8 +20,9 @@ def get_config():
   c.num_epochs = 30
   c.optim.learning_rate = 0.05
   c.optim.schedule = "cosine"
-  c.teacher = common.teacher("mlp_large", "ce")
-  c.student = common.student("mlp_small", "kd", temperature=4.0, ce_weight=0.1, kd_weight=0.9)
+  c.teacher = common.teacher("mlp_large", "ce", target_temperature=1.0)
+  c.student = common.student("mlp_small", "kd", temperature=4.0, ce_weight=0.1, kd_weight=0.9,
+                             target_temperature=1.0)
   c.log_every_steps = 50
   c.checkpoint.every_steps = 500
   return c

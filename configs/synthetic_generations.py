@@ -21,8 +21,10 @@ def get_config():
   c.optim.learning_rate = 0.05
   c.optim.schedule = "cosine"
   c.teacher = common.teacher("mlp_large", "tsd", tsd_eta=0.6, tsd_num_secondary=5,
-                             tsd_warmup_epochs=2.0)
-  c.student = common.student("mlp_large", "kd", temperature=1.0, ce_weight=0.6, kd_weight=0.4)
+                             tsd_warmup_epochs=2.0, tsd_schedule="linear",
+                             tsd_primary="argmax", target_temperature=1.0)
+  c.student = common.student("mlp_large", "kd", temperature=1.0, ce_weight=0.6, kd_weight=0.4,
+                             target_temperature=1.0)
   c.generations.num = 4
   c.eval_test_every_epochs = 0
   c.log_every_steps = 50

@@ -249,3 +249,68 @@ def assert_error_names(arg, value, call):
   shown = f"{value:g}" if isinstance(value, float) else str(value)
   with pytest.raises(ValueError, match=rf"{arg}[\s\S]*{shown}"):
     call(value)
+
+
+# ------------------------------------------------------------------ methods (kd_jax.methods)
+
+
+def confidence_penalty(logits, labels, beta):
+  """Pereyra et al. (2017): CE(z, y) - β·H(p(z, 1))."""
+  return cross_entropy(logits, labels) - beta * entropy(logits)
+
+
+def tsd_weight(epoch, eta, warmup_epochs, schedule="linear"):
+  """u(epoch): "linear" η·min(1, e/W) (η if W = 0); "constant" η; "step" 0 if e < W else η."""
+  if schedule == "constant":
+    return eta
+  if schedule == "step":
+    return 0.0 if epoch < warmup_epochs else eta
+  return eta if warmup_epochs == 0 else eta * min(1.0, epoch / warmup_epochs)
+
+
+def distill_to_target(student_logits, targets, temperature):
+  """Tang et al.'s target variants and LS: H(q, p(z_s, 1)) at T = 1, else T²·KL(q || p(z_s, T))."""
+  if temperature == 1:
+    return soft_cross_entropy(student_logits, targets)
+  return kl_to_targets(student_logits, targets, temperature)
+
+
+def revise_where(teacher_probs, labels, eta, revise_rows):
+  """q' = revise(q) on the rows where `revise_rows` is True, q itself on the others."""
+  q = _f64(teacher_probs)
+  return np.where(np.asarray(revise_rows)[..., None], revise(q, labels, eta), q)
+
+
+def lr_mse_published(student_logits, teacher_logits, labels, eta=0.8, lambda1=4.0, lambda2=1.0,
+                     ce_weight=1.0):
+  """zju-SWJ/RLD `revision_loss` on a batch of rows, a scalar.
+
+  Rows the teacher gets right (argmax z_t = y): mean over them of ce_weight·CE plus λ1 times
+  the mean over (rows, classes) of (z_s - z_t)²; rows it gets wrong: λ2 times the mean over
+  (rows, classes) of (softmax(z_s) - q')², q' = revise(softmax(z_t), y, η); an empty part 0.
+  """
+  zs, zt, y = _f64(student_logits), _f64(teacher_logits), np.asarray(labels)
+  right = np.argmax(zt, axis=-1) == y
+  total = 0.0
+  if right.any():
+    total += ce_weight * np.mean(cross_entropy(zs[right], y[right]))
+    total += lambda1 * np.mean((zs[right] - zt[right]) ** 2)
+  wrong = ~right
+  if wrong.any():
+    revised = revise(softmax(zt[wrong]), y[wrong], eta)
+    total += lambda2 * np.mean((softmax(zs[wrong]) - revised) ** 2)
+  return total
+
+
+def lr_mse_batch_objective(student_logits, teacher_logits, labels, real, supervised, **kwargs):
+  """What the trainer's masked mean must equal for the mse form with data selection:
+  (1/N)·Σ_{real, unsupervised} CE + (|S|/N)·lr_mse_published(S), S = real & supervised."""
+  zs, zt, y = _f64(student_logits), _f64(teacher_logits), np.asarray(labels)
+  real = np.asarray(real, bool)
+  s = real & np.asarray(supervised, bool)
+  n = real.sum()
+  rest = real & ~s
+  out = cross_entropy(zs[rest], y[rest]).sum() / n if rest.any() else 0.0
+  if s.any():
+    out += s.sum() / n * lr_mse_published(zs[s], zt[s], y[s], **kwargs)
+  return out
