@@ -1,6 +1,6 @@
 r"""Runs student methods side by side over seeds with the real CLI, and tabulates them.
 
-For each seed, one teacher is trained (`python -m kd_jax.main ... --config.student.model=''`),
+For each seed, one teacher is trained (`python -m kd_jax.main ... --config.stages=teacher`),
 then every variant's student is distilled from that seed's teacher (referenced through
 `--config.teacher.checkpoint`) with the same seed. Reported per variant: mean +- std over
 seeds of the LAST-EPOCH test accuracy, and, labelled separately, of the test accuracy of the
@@ -50,7 +50,7 @@ def main():
   rows, commands = {}, []
   for seed in seeds:
     teacher_dir = os.path.join(workdir, f"seed{seed}", "teacher_run")
-    teacher_overrides = {**extra, "seed": str(seed), "student.model": ""}
+    teacher_overrides = {**extra, "seed": str(seed), "stages": "teacher"}
     command, seconds = run_cli(args.config, teacher_dir, teacher_overrides, log_path)
     commands.append(command)
     with open(os.path.join(teacher_dir, "summary.json")) as f:

@@ -73,6 +73,7 @@ def stage_configs(config) -> dict:
   student block for g >= 1 with `ce_weight = lambda_g`, `kd_weight = 1 - lambda_g` when
   `generations.ce_weights` is set."""
   out = {role(0): stage_lib.stage_config(config, "teacher")}
+  out[role(0)].stage = role(0)
   weights = tuple(config.generations.ce_weights or ())
   for generation in range(1, config.generations.num):
     stage = stage_lib.stage_config(config, "student")
@@ -124,7 +125,8 @@ def _entry(generation: int, stage, summary: dict, test: dict) -> dict:
                    "best_val_checkpoint_test_accuracy"),
                train_seconds=summary.get("train_seconds"))
   if method.name == "tsd":
-    entry.update(tsd_eta=method.tsd_eta, tsd_num_secondary=method.tsd_num_secondary)
+    entry.update(tsd_eta=method.tsd_eta, tsd_num_secondary=method.tsd_num_secondary,
+                 tsd_schedule=method.tsd_schedule, tsd_primary=method.tsd_primary)
   if generation:
     entry.update(ce_weight=method.ce_weight, kd_weight=method.kd_weight,
                  temperature=method.temperature, revise=bool(method.revise))

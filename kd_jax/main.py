@@ -43,8 +43,11 @@ def main(argv):
     fail(f"unexpected arguments: {' '.join(argv[1:])}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-  config = _CONFIG.value
-  dist = config.distributed
+  try:
+    config = _CONFIG.value
+    dist = config.distributed
+  except Exception as error:  # ml_collections defers a config file's load errors to here
+    fail(f"invalid --config: {' '.join(str(error).split())[:500]}")
   parallel.initialize(dist.coordinator_address, dist.num_processes, dist.process_id,
                       dist.cpu_collectives)
   try:

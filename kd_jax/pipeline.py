@@ -17,6 +17,7 @@ from kd_jax.train import checks, evaluate, loop, parallel, plots, splits, stage,
 
 def stages(config) -> dict:
   """Stage name -> stage config, for the stages this config trains (in order)."""
+  checks.check_stages(config.stages)
   names = config.stages.split(",")
   needs_teacher = methods.needs_teacher(config.student.method.name)
   if "student" in names and (not needs_teacher or config.teacher.checkpoint):
@@ -28,6 +29,7 @@ def prepare(config) -> splits.Data:
   """The data, after every check of the config (ValueError naming the bad field)."""
   data = splits.load_data(config)
   if config.generations.num:
+    checks.check_generations(config, data.info.num_classes)
     checks.check_pipeline(config, data, generations.stage_configs(config))
   else:
     checks.check_pipeline(config, data, stages(config))

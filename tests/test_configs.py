@@ -3,11 +3,12 @@
 import glob
 import importlib
 import os
+import types
 
 import pytest
 
-from kd_jax import generations
-from kd_jax.train import data_selection, setup
+from kd_jax import generations, pipeline
+from kd_jax.train import checks
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(REPO, "configs", "*.py"))
@@ -23,12 +24,17 @@ def test_every_experiment_has_a_config():
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_config_passes_the_cli_checks(name):
+  """The CLI's checks (`checks.check_pipeline`) on the config's stages, with a stand-in for
+  the data (TFDS data is not prepared here): its class count and whether a holdout exists."""
   config = importlib.import_module(f"configs.{name}").get_config()
   dataset = config.dataset.name
   num_classes = (config.dataset.options["num_classes"] if dataset == "synthetic"
                  else NUM_CLASSES[dataset])
-  setup.check_config(config, num_classes)
-  data_selection.check_config(config, has_validation=config.dataset.holdout > 0)
-  if generations.enabled(config):
-    generations.check_config(config, num_classes)
+  info = types.SimpleNamespace(name=dataset, num_classes=num_classes)
+  data = types.SimpleNamespace(info=info, val=object() if config.dataset.holdout else None)
+  if config.generations.num:
+    checks.check_generations(config, num_classes)
+  stages = (generations.stage_configs(config) if config.generations.num
+            else pipeline.stages(config))
+  checks.check_pipeline(config, data, stages)
   assert config.name == name

@@ -1,6 +1,7 @@
-"""Data Selection in the trainer (kd_jax.train.data_selection): config checks, round
-statistics, exact counts, determinism, refresh rounds, masks in the checkpoint, resume keeping
-the selection, and a few steps of lr_ds on the CIFAR-100 config over TFDS mock data."""
+"""Data Selection in the trainer (kd_jax.train.selection_rounds): config checks, round
+statistics, exact counts, determinism, warm-up and refresh rounds, masks in the checkpoint,
+resume keeping the selection, and a few steps of lr_ds on the CIFAR-100 config over TFDS mock
+data."""
 
 import os
 import re
@@ -11,8 +12,9 @@ import orbax.checkpoint as ocp
 import pytest
 import trainer_util
 
-from kd_jax import methods, selection
-from kd_jax.train import data_selection, loop, setup
+from kd_jax import methods, pipeline, selection
+from kd_jax.train import checks, loop
+from kd_jax.train import selection_rounds as data_selection
 
 NUM_TRAIN = 576 - 64  # TINY_OVERRIDES: 576 examples, 64 held out
 
@@ -33,11 +35,15 @@ def test_round_statistics_hand_case():
   assert stats["teacher_wrong_share_selected"] == 0.5 and stats["teacher_wrong_share_rest"] == 0.5
 
 
-def test_refresh_rounds():
-  config = data_selection.default_config()
+def test_warmup_and_refresh_rounds():
+  config = trainer_util.tiny_config().selection
   assert [e for e in range(7) if data_selection.is_round(config, e)] == [0]
   config.refresh_epochs = 3
   assert [e for e in range(7) if data_selection.is_round(config, e)] == [0, 3, 6]
+  config.warmup_epochs = 2
+  assert [e for e in range(9) if data_selection.is_round(config, e)] == [2, 5, 8]
+  config.refresh_epochs = 0
+  assert [e for e in range(9) if data_selection.is_round(config, e)] == [2]
 
 
 def test_select_flag_turns_selection_on_for_any_teacher_method():
@@ -58,6 +64,7 @@ def test_select_flag_turns_selection_on_for_any_teacher_method():
     ("hessian", "full", "selection.hessian='full'"),
     ("model", "reference", "selection.model='reference'"),
     ("refresh_epochs", -1, "selection.refresh_epochs=-1"),
+    ("warmup_epochs", -1, "selection.warmup_epochs=-1"),
     ("damping", -1.0, "selection.damping=-1.0"),
     ("margin_space", "log", "selection.margin_space='log'"),
     ("influence_target", "label", "selection.influence_target='label'"),
@@ -66,16 +73,16 @@ def test_check_config_names_the_bad_field(field, value, expected):
   config = _config()
   config.selection[field] = value
   with pytest.raises(ValueError) as error:
-    data_selection.check_config(config, has_validation=True)
+    checks.check_selection(config.selection, has_validation=True)
   assert expected in str(error.value)
 
 
 def test_influence_needs_a_validation_slice_not_the_test_split():
   config = _config(dataset__holdout=0)
   with pytest.raises(ValueError, match="dataset.holdout > 0"):
-    loop.prepare(config)
+    pipeline.prepare(config)
   config.selection.criterion = "teacher_margin"  # needs no reference set
-  loop.prepare(config)
+  pipeline.prepare(config)
 
 
 def _saved_selection(role_dir, step):
@@ -88,11 +95,11 @@ def _saved_selection(role_dir, step):
 def test_random_control_exact_count_deterministic_and_saved(tmp_path):
   config = _config(selection__criterion="random", selection__ratio=0.3,
                    selection__refresh_epochs=1)
-  summary = loop.run(config, str(tmp_path))["student"]
+  summary = pipeline.run(config, str(tmp_path))["student"]
   rounds = summary["selection"]
   assert [r["epoch"] for r in rounds] == [0, 1]
   keep = int(np.floor(0.3 * NUM_TRAIN + 0.5))
-  seed = setup.role_seed(config.seed, "student")
+  seed = loop.stage_seed(config.seed, "student")
   expected = [selection.select(selection.random_scores(NUM_TRAIN, [seed, 0, e]), 0.3)
               for e in (0, 1)]
   for stats in rounds:
@@ -108,11 +115,24 @@ def test_random_control_exact_count_deterministic_and_saved(tmp_path):
                                 expected[1])
 
 
+def test_warmup_trains_with_ce_then_scores_the_warmed_student(tmp_path):
+  """selection.warmup_epochs=1: epoch 0 is plain CE (the same steps as a CE student), round 0
+  runs at the start of epoch 1."""
+  config = _config(selection__criterion="random", selection__warmup_epochs=1, num_epochs=1)
+  warm = pipeline.run(config, str(tmp_path / "warm"))["student"]
+  assert warm["selection"] is None  # one epoch: the round at epoch 1 is never reached
+  ce = pipeline.run(_config(student__method__name="ce", num_epochs=1), str(tmp_path / "ce"))
+  assert warm["test_loss"] == pytest.approx(ce["student"]["test_loss"], rel=1e-5)
+  config.num_epochs = 2
+  rounds = pipeline.run(config, str(tmp_path / "two"))["student"]["selection"]
+  assert [r["epoch"] for r in rounds] == [1]
+
+
 def test_influence_selection_resumes_without_recomputing(tmp_path, capfd):
   """A run resumed mid-epoch keeps the checkpoint's selection and ends with the same summary
   as the uninterrupted run; the influence scores themselves are deterministic."""
   config = _config(selection__refresh_epochs=1)
-  reference = loop.run(config, str(tmp_path / "reference"))
+  reference = pipeline.run(config, str(tmp_path / "reference"))
   rounds = reference["student"]["selection"]
   assert [r["epoch"] for r in rounds] == [0, 1]
   assert all(r["num_selected"] == NUM_TRAIN // 2 and r["criterion"] == "influence"
@@ -126,7 +146,7 @@ def test_influence_selection_resumes_without_recomputing(tmp_path, capfd):
   os.remove(student / "summary.json")
   os.remove(workdir / "summary.json")
   capfd.readouterr()
-  resumed = loop.run(config, str(workdir))
+  resumed = pipeline.run(config, str(workdir))
   resumed_at = re.search(r"student resumes at step \d+ \(epoch (\d+), step (\d+) in epoch",
                          capfd.readouterr().out)
   assert resumed_at and resumed_at.group(1) == "1" and int(resumed_at.group(2)) > 0
@@ -141,7 +161,7 @@ def test_influence_selection_resumes_without_recomputing(tmp_path, capfd):
 def test_other_criteria_and_scored_models_run(tmp_path, criterion, model, target):
   config = _config(selection__criterion=criterion, selection__model=model, num_epochs=1,
                    selection__influence_target=target, student__method__name="dkd_lr_ds")
-  rounds = loop.run(config, str(tmp_path))["student"]["selection"]
+  rounds = pipeline.run(config, str(tmp_path))["student"]["selection"]
   assert len(rounds) == 1 and rounds[0]["num_selected"] == NUM_TRAIN // 2
   if criterion == "teacher_correct":  # keeps correct examples first
     assert rounds[0]["teacher_wrong_share_selected"] <= rounds[0]["teacher_wrong_share"]
@@ -157,7 +177,7 @@ def test_lr_ds_on_cifar100_config_with_mock_tfds(mock_tfds, tmp_path):
   config.student.method.name = "lr_ds"
   config.update(batch_size=8, eval_batch_size=16, num_epochs=1, log_every_steps=2)
   config.checkpoint.every_steps = 0
-  summary = loop.run(config, str(tmp_path))
+  summary = pipeline.run(config, str(tmp_path))
   student = summary["student"]
   assert student["method"] == "lr_ds" and student["steps"] == 4  # 32 training examples
   assert student["selection"][0]["num_selected"] == 16

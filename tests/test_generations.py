@@ -15,7 +15,7 @@ import trainer_util
 from scipy import special
 
 from kd_jax import data as data_lib
-from kd_jax import generations
+from kd_jax import generations, pipeline
 
 CONFIG = "configs/synthetic_generations.py"
 OVERRIDES = {**trainer_util.TINY_OVERRIDES, "teacher.model": "mlp_small",
@@ -131,9 +131,8 @@ def test_data_selection_in_generations_and_ensemble_with_patriarch(tmp_path):
   config.teacher.method.name = "tsd"
   config.student.method.update(temperature=1.0, select=True)
   config.selection.update(criterion="teacher_margin", ratio=0.25)
-  config.generations = generations.default_config()
   config.generations.update(num=2, ensemble_first=0)
-  summary = generations.run(config, str(tmp_path))
+  summary = pipeline.run(config, str(tmp_path))
   assert sorted(k for k in summary if k.startswith("ensemble_")) == ["ensemble_0", "ensemble_1"]
   assert summary["ensemble_0"]["test_accuracy"] == summary["generation_0"]["test_accuracy"]
   rounds = [_read(tmp_path / role / "summary.json")["selection"] for role in ROLES[:2]]
@@ -143,15 +142,15 @@ def test_data_selection_in_generations_and_ensemble_with_patriarch(tmp_path):
 
 def _config(**generation_fields):
   config = trainer_util.tiny_config(teacher__model="mlp_small", student__model="mlp_small")
-  config.generations = generations.default_config()
   config.generations.update(num=3, **generation_fields)
   return config
 
 
 def test_lambda_schedule_sets_ce_and_kd_weights():
   config = _config(ce_weights=(0.6, 0.9))
-  assert generations.generation_settings(config, 0).method.name == "ce"  # the teacher block
-  first, second = (generations.generation_settings(config, g).method for g in (1, 2))
+  stages = generations.stage_configs(config)
+  assert stages["generation_0"].method.name == "ce"  # the teacher block
+  first, second = (stages[f"generation_{g}"].method for g in (1, 2))
   assert (first.ce_weight, first.kd_weight) == (0.6, pytest.approx(0.4))
   assert (second.ce_weight, second.kd_weight) == (0.9, pytest.approx(0.1))
   assert config.student.method.ce_weight == 0.1  # the config itself is untouched
@@ -176,5 +175,5 @@ def test_check_config_names_the_bad_field(change, expected):
       node = node[parent]
     node[leaf] = value
   with pytest.raises(ValueError) as error:
-    generations.check_config(config, num_classes=10)
+    pipeline.prepare(config)
   assert expected in str(error.value)

@@ -3,7 +3,8 @@
 Each failure is a ValueError naming the field, its value and what is allowed; the CLI prints
 that one line and exits 2. `check_stage` checks what `kd_jax.train.train` trains (a stage
 config); `check_pipeline` checks a whole config file's pipeline (its stages, the teacher it
-loads, data selection and generations) without training or loading any model.
+loads, data selection) and `check_generations` a generations block, without training or
+loading any model.
 """
 
 import math
@@ -110,15 +111,18 @@ def check_selection(s, has_validation: bool) -> None:
                      "dataset.holdout > 0 (the test split never selects anything)")
 
 
+def check_stages(stages: str) -> None:
+  if stages not in STAGES:
+    _fail("stages", stages, f"must be one of {STAGES}")
+
+
 def check_pipeline(config, data, stage_configs: dict) -> None:
   """Checks a config file's pipeline; `stage_configs`: stage name -> its stage config."""
-  if config.stages not in STAGES:
-    _fail("stages", config.stages, f"must be one of {STAGES}")
   for stage_config in stage_configs.values():
     check_stage(stage_config, data)
   if "teacher" in stage_configs and methods.needs_teacher(stage_configs["teacher"].method.name):
     _fail("teacher.method.name", config.teacher.method.name,
-          f"a teacher trained from labels uses one of {', '.join(_teacher_free())}")
+          f"a teacher trained from labels uses one of {', '.join(methods.TEACHER_FREE)}")
   if config.teacher.checkpoint:
     teacher_lib.check_compatible(config.teacher.checkpoint, config.teacher.model, data.info)
   student = stage_configs.get("student")
@@ -126,15 +130,10 @@ def check_pipeline(config, data, stage_configs: dict) -> None:
       and "teacher" not in stage_configs and not config.teacher.checkpoint):
     _fail("stages", config.stages, f"student.method.name={student.method.name!r} needs a "
           "teacher: add the teacher stage or set teacher.checkpoint")
-  if config.generations.num:
-    _check_generations(config, data.info.num_classes)
 
 
-def _teacher_free() -> tuple[str, ...]:
-  return tuple(name for name in methods.NAMES if not methods.needs_teacher(name))
-
-
-def _check_generations(config, num_classes: int) -> None:
+def check_generations(config, num_classes: int) -> None:
+  """The `generations` block of a generations run (before its stage configs are built)."""
   g = config.generations
   if not _is_int(g.num) or g.num < 1:
     _fail("generations.num", g.num, "must be an integer >= 1 (0 disables generations)")

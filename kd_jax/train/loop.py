@@ -15,6 +15,7 @@ import time
 import zlib
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from kd_jax import data as data_lib
@@ -117,9 +118,12 @@ def train(config, workdir: str, *, teacher=None, data: splits.Data | None = None
     if methods.selects(method):
       selector = selection_rounds.make_selector(config, teacher, data, mesh, model, seed)
       selected = np.zeros(len(data.train), bool)  # until round 0: CE only (the warm-up)
+    # The step donates its state: the teacher's slot gets a copy, so the caller's teacher
+    # (handed over in memory, reused by selection rounds) keeps its buffers.
+    teacher_variables = teacher and jax.tree.map(jnp.copy, teacher.variables)
     state = state_lib.create_train_state(
         model, tx, jax.random.PRNGKey(seed), info.input_shape, teacher_fn=teacher_fn,
-        teacher_variables=teacher and teacher.variables, class_similarity=class_similarity,
+        teacher_variables=teacher_variables, class_similarity=class_similarity,
         selected=selected)
     state = parallel.replicate(state, mesh)
     replicated = parallel.replicated(mesh)

@@ -70,7 +70,7 @@ def train_step(state: TrainState, batch: dict, *, method, steps_per_epoch: int):
     logits = logits.astype(jnp.float32)
     terms = methods.per_example_losses(method, logits, labels, teacher_logits, epoch=epoch,
                                        class_similarity=state.class_similarity,
-                                       teacher_mask=teacher_mask)
+                                       teacher_mask=teacher_mask, example_mask=batch["mask"])
     return masked_mean(terms["loss"], weights), (logits, terms, updates)
 
   (_, (logits, terms, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(

@@ -32,8 +32,9 @@ class Teacher:
 
   @property
   def fingerprint(self) -> dict:
-    return dict(model=self.model_name, source=self.source,
-                variables_crc32=ckpt_lib.tree_checksum(self.variables))
+    """What the student's result depends on: the model and its variables (not the path, so
+    a workdir can be moved or copied and still resume)."""
+    return dict(model=self.model_name, variables_crc32=ckpt_lib.tree_checksum(self.variables))
 
 
 def _fail(path, reason):
