@@ -10,11 +10,29 @@ num_secondary) are validated eagerly when they are Python numbers.
 
 Notation: `p(z, T) = softmax(z / T)`; `e_y` the one-hot label; sums run over classes.
 
+Invalid inputs (the same rules in `kd_jax.targets`):
+- Shapes are checked when the function is traced, so the check is free under jit: logits are
+  at least 2-D `[..., B, C]`, student and teacher logits (or logits and targets) have the same
+  shape, and labels have the logits' batch shape `[..., B]`. Nothing is broadcast: `[B, 1, C]`
+  against `[B, C]` would otherwise silently give a `[B, B]` loss.
+- Labels are integers in `[0, C)`. Concrete labels (NumPy or jax arrays, also constants closed
+  over by a jitted function) are checked eagerly: a ValueError names the first bad label, its
+  index and the range. Traced labels (under jit, vmap, grad, pmap, shard_map) cannot raise:
+  the loss of each example with a bad label is NaN, the other examples' values and gradients
+  are unchanged, and the bad example's gradient is zero, so `jnp.where(ok, loss, 0)` (not
+  `loss * ok`, as `0 * NaN = NaN`) removes it cleanly. -1 is not an "ignore" label.
+- A temperature given as a Python number or a concrete array must be finite and `> 0`
+  (ValueError otherwise). A traced temperature that is not makes every output of the call
+  NaN (one scalar select, no per-element cost).
+A NaN produced this way is caught by `jax.experimental.checkify`:
+`checkify.checkify(f, errors=checkify.nan_checks)`.
+
 This module imports nothing else of kd_jax.
 """
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 
@@ -30,16 +48,88 @@ def _concrete(value):
     return None
 
 
+def _nan_unless(ok, value):
+  """`value` where `ok`, else NaN: how invalid traced arguments show up (they cannot raise).
+
+  `ok` (None: all valid, nothing added) indexes the leading axes of `value`, so a `[B]` label
+  mask turns whole rows of a `[B, C]` target to NaN. NaN is a constant of the unselected
+  branch, so it never reaches a gradient: `value` gets the cotangent where `ok`, else zero.
+  """
+  if ok is None:
+    return value
+  ok = jnp.asarray(ok)
+  value = jnp.asarray(value)
+  ok = ok.reshape(ok.shape + (1,) * (value.ndim - ok.ndim))
+  return jnp.where(ok, value, jnp.nan)
+
+
 def check_temperature(temperature, name="temperature"):
+  """Returns the temperature to use: validated eagerly when concrete, NaN when traced and invalid.
+
+  A Python number or concrete array must be finite and `> 0` (ValueError otherwise) and is
+  returned unchanged; a traced one is returned as `where(0 < T < inf, T, NaN)`.
+  """
   t = _concrete(temperature)
-  if t is not None and not t > 0:
+  if t is None:
+    return _nan_unless((temperature > 0) & jnp.isfinite(temperature), temperature)
+  if not t > 0:
     raise ValueError(f"{name}={temperature!r} is not allowed: must be > 0")
+  if t == float("inf"):
+    raise ValueError(f"{name}={temperature!r} is not allowed: must be finite")
+  return temperature
 
 
 def check_int_range(name, value, low, high):
   """Raises unless `low <= value <= high` (inclusive)."""
   if int(value) != value or not low <= value <= high:
     raise ValueError(f"{name}={value!r} is not allowed: must be an integer in [{low}, {high}]")
+
+
+def _check_shapes(logits_name, logits, other_name=None, other=None, labels=None):
+  """Trace-time shape checks: logits `[..., B, C]`, `other` the same shape, labels `[..., B]`."""
+  shape = np.shape(logits)
+  if len(shape) < 2:
+    raise ValueError(f"{logits_name}.shape={shape} is not allowed: need at least 2-D "
+                     "[B, C] (for a single example, add a batch axis: x[None])")
+  if other is not None and np.shape(other) != shape:
+    raise ValueError(f"{logits_name}.shape={shape} and {other_name}.shape="
+                     f"{np.shape(other)} differ: both must be the same [..., C] shape "
+                     "(nothing is broadcast)")
+  if labels is not None and np.shape(labels) != shape[:-1]:
+    raise ValueError(f"labels.shape={np.shape(labels)} is not allowed: need {shape[:-1]}, "
+                     f"the batch shape of {logits_name}.shape={shape}")
+
+
+def _checked_labels(labels, num_classes, name="labels"):
+  """`(labels, valid)`: the one check of integer class labels for losses, targets, selection.
+
+  Concrete labels are checked on the host (ValueError naming the first bad label, its index
+  and the range) and returned with `valid=None`, so the caller adds nothing to the
+  computation. Traced labels cannot raise: `valid` is the bool mask `0 <= y < C` and bad
+  labels are replaced by 0, so the caller computes finite values (and finite gradients) for
+  every example and then masks the bad ones to NaN (`_nan_unless`).
+  """
+  if not isinstance(labels, (jax.Array, np.ndarray)):
+    labels = np.asarray(labels)
+  if not jnp.issubdtype(labels.dtype, jnp.integer):
+    raise ValueError(f"{name}.dtype={labels.dtype} is not allowed: need integer class "
+                     f"indices in [0, {num_classes})")
+  # A global array spread over several hosts cannot be read here: treated as traced.
+  concrete = not isinstance(labels, jax.core.Tracer) and (
+      not isinstance(labels, jax.Array) or labels.is_fully_addressable)
+  if not concrete:
+    valid = (labels >= 0) & (labels < num_classes)
+    return jnp.where(valid, labels, 0), valid
+  host = np.asarray(labels)
+  bad = (host < 0) | (host >= num_classes)
+  if bad.any():
+    index = tuple(int(i) for i in np.argwhere(bad)[0])
+    at = f"[{', '.join(map(str, index))}]" if index else ""
+    raise ValueError(f"{name}{at}={host[index]} is not allowed: class labels must be in "
+                     f"[0, {num_classes}) ({int(bad.sum())} of the {bad.size} labels are "
+                     "outside; -1 is not an 'ignore' label: give an ignored example any "
+                     "valid label and a zero weight)")
+  return labels, None
 
 
 def log_softmax(logits, temperature=1.0):
@@ -52,12 +142,16 @@ def cross_entropy(logits, labels):
 
   Args:
     logits: `[B, C]` float32 or bfloat16.
-    labels: `[B]` integers in `[0, C)`.
+    labels: `[B]` integers in `[0, C)`; out of range: ValueError when concrete, NaN for that
+      example when traced (module docstring).
 
   Returns:
     `[B]` float32; nothing is reduced.
   """
-  return optax.softmax_cross_entropy_with_integer_labels(_as_float32(logits), labels)
+  _check_shapes("logits", logits, labels=labels)
+  labels, valid = _checked_labels(labels, np.shape(logits)[-1])
+  ce = optax.softmax_cross_entropy_with_integer_labels(_as_float32(logits), labels)
+  return _nan_unless(valid, ce)
 
 
 def soft_cross_entropy(logits, targets):
@@ -65,11 +159,14 @@ def soft_cross_entropy(logits, targets):
 
   Args:
     logits: `[B, C]` student logits.
-    targets: `[B, C]` target distribution (under stop_gradient).
+    targets: `[B, C]` target distribution (under stop_gradient), the same shape as `logits`.
+      A NaN row (a `kd_jax.targets` transform given a bad traced label) gives NaN for that
+      example, and NaN in its gradient.
 
   Returns:
     `[B]` float32, summed over classes only.
   """
+  _check_shapes("logits", logits, "targets", targets)
   targets = jax.lax.stop_gradient(_as_float32(targets))
   return optax.softmax_cross_entropy(_as_float32(logits), targets)
 
@@ -84,13 +181,15 @@ def kd(student_logits, teacher_logits, temperature):
 
   Args:
     student_logits: `[B, C]`.
-    teacher_logits: `[B, C]`, under stop_gradient.
-    temperature: `T > 0`.
+    teacher_logits: `[B, C]`, the same shape, under stop_gradient.
+    temperature: `T > 0` and finite: a Python number is checked eagerly (ValueError); a
+      traced invalid T makes every output NaN.
 
   Returns:
     `[B]` float32; summed over classes, not over the batch.
   """
-  check_temperature(temperature)
+  _check_shapes("student_logits", student_logits, "teacher_logits", teacher_logits)
+  temperature = check_temperature(temperature)
   log_teacher = jax.lax.stop_gradient(log_softmax(teacher_logits, temperature))
   log_student = log_softmax(student_logits, temperature)
   return temperature**2 * optax.losses.kl_divergence_with_log_targets(log_student, log_teacher)
@@ -105,13 +204,16 @@ def kl_to_targets(student_logits, targets, temperature):
 
   Args:
     student_logits: `[B, C]`.
-    targets: `[B, C]` distribution `q` (under stop_gradient).
-    temperature: `T > 0`, applied to the student only.
+    targets: `[B, C]` distribution `q`, the same shape (under stop_gradient). A NaN row (a
+      target built from a bad traced label) gives NaN for that example and its gradient.
+    temperature: `T > 0` and finite, applied to the student only: a Python number is checked
+      eagerly (ValueError); a traced invalid T makes every output NaN.
 
   Returns:
     `[B]` float32; summed over classes.
   """
-  check_temperature(temperature)
+  _check_shapes("student_logits", student_logits, "targets", targets)
+  temperature = check_temperature(temperature)
   targets = jax.lax.stop_gradient(_as_float32(targets))
   log_student = log_softmax(student_logits, temperature)
   return temperature**2 * optax.losses.kl_divergence(log_student, targets)
@@ -131,12 +233,14 @@ def tsd(logits, num_secondary=5, labels=None):
 
   Args:
     logits: `[B, C]`.
-    num_secondary: `K` in `[1, C-1]`.
-    labels: optional `[B]` integers in `[0, C)`: the primary class of each example.
+    num_secondary: `K` in `[1, C-1]`, static (a Python int).
+    labels: optional `[B]` integers in `[0, C)`: the primary class of each example; out of
+      range: ValueError when concrete, NaN for that example when traced.
 
   Returns:
     `[B]` float32 in `[-1, 1]`.
   """
+  _check_shapes("logits", logits, labels=labels)
   num_classes = logits.shape[-1]
   check_int_range("num_secondary", num_secondary, 1, num_classes - 1)
   probs = jax.nn.softmax(_as_float32(logits), axis=-1)
@@ -144,12 +248,14 @@ def tsd(logits, num_secondary=5, labels=None):
     _, order = jax.lax.top_k(jax.lax.stop_gradient(probs), num_secondary + 1)
     ranked = jnp.take_along_axis(probs, order, axis=-1)
     return ranked[..., 0] - jnp.mean(ranked[..., 1:], axis=-1)
+  labels, valid = _checked_labels(labels, num_classes)
   is_primary = jax.nn.one_hot(labels, num_classes, dtype=bool)
   primary = jnp.sum(jnp.where(is_primary, probs, 0.0), axis=-1)
   # The primary's own entry ranks below every other class when choosing the secondary ones.
   others = jnp.where(is_primary, -1.0, jax.lax.stop_gradient(probs))
   _, order = jax.lax.top_k(others, num_secondary)
-  return primary - jnp.mean(jnp.take_along_axis(probs, order, axis=-1), axis=-1)
+  secondary = jnp.mean(jnp.take_along_axis(probs, order, axis=-1), axis=-1)
+  return _nan_unless(valid, primary - secondary)
 
 
 def entropy(logits):
@@ -164,6 +270,7 @@ def entropy(logits):
   Returns:
     `[B]` float32 in `[0, log C]`; summed over classes only.
   """
+  _check_shapes("logits", logits)
   log_probs = log_softmax(logits)
   return -jnp.sum(jnp.exp(log_probs) * log_probs, axis=-1)
 
@@ -181,6 +288,7 @@ def _target_and_rest(log_probs, is_target):
 
 
 def _dkd_from_log_probs(student_logits, log_teacher, labels, alpha, beta, temperature):
+  labels, valid = _checked_labels(labels, student_logits.shape[-1])
   is_target = jax.nn.one_hot(labels, student_logits.shape[-1], dtype=bool)
   log_student = log_softmax(student_logits, temperature)
   t_target, t_rest = _target_and_rest(log_teacher, is_target)
@@ -191,7 +299,7 @@ def _dkd_from_log_probs(student_logits, log_teacher, labels, alpha, beta, temper
   t_non = jnp.where(is_target, 0.0, log_teacher - t_rest[..., None])
   s_non = jnp.where(is_target, 0.0, log_student - s_rest[..., None])
   nckd = jnp.sum(jnp.where(is_target, 0.0, jnp.exp(t_non) * (t_non - s_non)), axis=-1)
-  return temperature**2 * (alpha * tckd + beta * nckd)
+  return _nan_unless(valid, temperature**2 * (alpha * tckd + beta * nckd))
 
 
 def dkd(student_logits, teacher_logits, labels, alpha, beta, temperature):
@@ -207,16 +315,19 @@ def dkd(student_logits, teacher_logits, labels, alpha, beta, temperature):
 
   Args:
     student_logits: `[B, C]`.
-    teacher_logits: `[B, C]`, under stop_gradient.
-    labels: `[B]` integers.
+    teacher_logits: `[B, C]`, the same shape, under stop_gradient.
+    labels: `[B]` integers in `[0, C)`; out of range: ValueError when concrete, NaN for that
+      example when traced.
     alpha: weight of TCKD.
     beta: weight of NCKD.
-    temperature: `T > 0`.
+    temperature: `T > 0` and finite: a Python number is checked eagerly (ValueError); a
+      traced invalid T makes every output NaN.
 
   Returns:
     `[B]` float32.
   """
-  check_temperature(temperature)
+  _check_shapes("student_logits", student_logits, "teacher_logits", teacher_logits, labels)
+  temperature = check_temperature(temperature)
   log_teacher = jax.lax.stop_gradient(log_softmax(teacher_logits, temperature))
   return _dkd_from_log_probs(student_logits, log_teacher, labels, alpha, beta, temperature)
 
@@ -224,11 +335,13 @@ def dkd(student_logits, teacher_logits, labels, alpha, beta, temperature):
 def dkd_to_targets(student_logits, targets, labels, alpha, beta, temperature):
   """`dkd` with the teacher given as a distribution `q` (e.g. a revised one) instead of logits.
 
-  `q` is taken as the teacher's distribution at temperature T; zeros in `q` are clipped to the
-  smallest normal float32 before the log (their contribution `q log q` is 0 either way).
-  Returns `[B]` float32, as `dkd`.
+  `q` (`[B, C]`, the shape of `student_logits`) is taken as the teacher's distribution at
+  temperature T; zeros in `q` are clipped to the smallest normal float32 before the log (their
+  contribution `q log q` is 0 either way). Labels, temperature and the result as `dkd`
+  (bad traced labels or temperature: NaN).
   """
-  check_temperature(temperature)
+  _check_shapes("student_logits", student_logits, "targets", targets, labels)
+  temperature = check_temperature(temperature)
   targets = jax.lax.stop_gradient(_as_float32(targets))
   log_teacher = jnp.log(jnp.maximum(targets, jnp.finfo(jnp.float32).tiny))
   return _dkd_from_log_probs(student_logits, log_teacher, labels, alpha, beta, temperature)

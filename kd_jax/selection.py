@@ -41,7 +41,12 @@ O(N D C) pass), and callers may reuse a vector to rescore.
 
 Every pass over the N examples loops over fixed-size chunks (the last padded and masked, so
 each jitted kernel compiles once); features may be a host NumPy array (copied chunk by chunk)
-or a device array. This module imports nothing else of kd_jax.
+or a device array.
+
+Integer labels are checked eagerly by the same rule as `kd_jax.losses`: integers in `[0, C)`,
+else a ValueError naming the first bad label (float `[N]` labels are refused, not read as
+classes); in the jittable `per_example_grads` a bad traced label gives NaN gradients for that
+example. This module imports nothing else of kd_jax but `losses` and `targets`.
 """
 
 import warnings
@@ -49,6 +54,9 @@ import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from kd_jax import targets as _targets
+from kd_jax.losses import _checked_labels
 
 HESSIANS = ("exact", "diagonal", "identity")
 CRITERIA = ("influence", "teacher_correct", "teacher_margin", "random")
@@ -66,7 +74,7 @@ def _logits(params, features):
 def _as_targets(labels, num_classes):
   """Integer labels `[B]` -> one-hot `[B, C]`; target distributions `[B, C]` pass through."""
   if labels.ndim == 1:
-    return jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+    return _targets.one_hot(labels, num_classes)
   return labels.astype(jnp.float32)
 
 
@@ -161,9 +169,7 @@ def _check_problem(features, labels, kernel, bias, name=""):
   if num == 0:
     raise ValueError(f"{name}features has N=0 examples: at least one is needed")
   if labels.ndim == 1:
-    low, high = int(labels.min()), int(labels.max())
-    if low < 0 or high >= classes:
-      raise ValueError(f"{name}labels span [{low}, {high}], not allowed: need [0, {classes})")
+    _checked_labels(labels, classes, name=f"{name}labels")
 
 
 def _check_chunk_size(chunk_size):
@@ -184,7 +190,8 @@ def hessian_vector_product(features, labels, kernel, bias, vector, *, l2, dampin
   `l2 * V_kernel`; exact, H never formed.
 
   Args:
-    features: `[N, D]` NumPy or JAX array. labels: `[N]` ints or `[N, C]` distributions.
+    features: `[N, D]` NumPy or JAX array.
+    labels: `[N]` ints in `[0, C)` or `[N, C]` distributions.
     kernel: `[D, C]`. bias: `[C]`. vector: `(V_kernel [D, C], v_bias [C])`.
     l2: the L2 coefficient on the kernel. damping: added to every diagonal entry.
     chunk_size: examples per device pass.
@@ -192,6 +199,14 @@ def hessian_vector_product(features, labels, kernel, bias, vector, *, l2, dampin
   Returns:
     `(HV_kernel [D, C], Hv_bias [C])` float32.
   """
+  _check_chunk_size(chunk_size)
+  _check_problem(features, labels, kernel, bias)
+  return _hessian_vector_product(features, labels, kernel, bias, vector, l2=l2,
+                                 damping=damping, chunk_size=chunk_size)
+
+
+def _hessian_vector_product(features, labels, kernel, bias, vector, *, l2, damping,
+                            chunk_size):
   params = (jnp.asarray(kernel, jnp.float32), jnp.asarray(bias, jnp.float32))
   vector = jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), tuple(vector))
   summed = _sum_over_chunks(_chunk_hvp_sum, features, labels, chunk_size, params, vector)
@@ -267,8 +282,8 @@ def influence_vector(features, labels, kernel, bias, ref_features, ref_labels, *
       raise ValueError(f"damping={damping!r} is not allowed here: the Hessian diagonal has "
                        "zero entries (l2=0 and saturated softmax); use damping > 0")
     return jax.tree.map(jnp.divide, ref_grad, diagonal)
-  hvp = lambda v: hessian_vector_product(features, labels, *params, v, l2=l2,
-                                         damping=damping, chunk_size=chunk_size)
+  hvp = lambda v: _hessian_vector_product(features, labels, *params, v, l2=l2,
+                                          damping=damping, chunk_size=chunk_size)
   return _conjugate_gradient(hvp, ref_grad, diagonal, cg_tol, cg_maxiter)
 
 
@@ -298,8 +313,9 @@ def influence_scores(features, labels, kernel, bias, ref_features, ref_labels, *
 
   Args:
     features: `[N, D]` training features (NumPy on host or a JAX array; any float dtype,
-      computed in float32). labels: `[N]` integer labels or `[N, C]` target distributions
-      (e.g. the teacher's, to score teacher supervision); they define both g_i and H.
+      computed in float32). labels: `[N]` integer labels in `[0, C)` or `[N, C]` target
+      distributions (e.g. the teacher's, to score teacher supervision); they define both
+      g_i and H.
     kernel, bias: `[D, C]`, `[C]`, the classifier at which everything is evaluated
       (ideally a minimiser of L, where the influence approximation holds).
     ref_features, ref_labels: the reference set, `[M, D]` and `[M]` or `[M, C]`.
@@ -331,7 +347,8 @@ def per_example_grads(features, labels, kernel, bias):
 
   Returns:
     `(kernel_grads [B, D, C], bias_grads [B, C])` with `g_i = grad_theta CE_i`
-    (`x_i (p_i - t_i)^T` and `p_i - t_i`), no regulariser term.
+    (`x_i (p_i - t_i)^T` and `p_i - t_i`), no regulariser term. Integer labels outside
+    `[0, C)`: ValueError when concrete, NaN gradients for that example when traced.
   """
   params = (jnp.asarray(kernel, jnp.float32), jnp.asarray(bias, jnp.float32))
   targets = _as_targets(jnp.asarray(labels), params[1].shape[0])
@@ -388,6 +405,7 @@ def _map_logits(chunk_fn, teacher_logits, labels, chunk_size, *args):
   if teacher_logits.ndim != 2 or labels.shape != teacher_logits.shape[:1]:
     raise ValueError(f"teacher_logits.shape={teacher_logits.shape!r}, labels.shape="
                      f"{labels.shape!r} are not allowed: need [N, C] and [N]")
+  _checked_labels(labels, teacher_logits.shape[-1])
   out = []
   for valid, _, z, y in _chunks(labels.shape[0], chunk_size, teacher_logits, labels):
     out.append(np.asarray(chunk_fn(z, y, *args))[:valid])
@@ -404,7 +422,7 @@ def teacher_margin_scores(teacher_logits, labels, *, space="prob",
   (up to exact ties).
 
   Args:
-    teacher_logits: `[N, C]` (NumPy or JAX). labels: `[N]` integers.
+    teacher_logits: `[N, C]` (NumPy or JAX). labels: `[N]` integers in `[0, C)`.
 
   Returns:
     `[N]` float32 NumPy array.

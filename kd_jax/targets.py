@@ -3,8 +3,17 @@
 Each function maps labels and/or teacher probabilities `[B, C]` to targets `[B, C]` that are
 distributions (non-negative, rows sum to 1), in float32. Teacher probabilities are wrapped
 in `jax.lax.stop_gradient`. Pair a target with `losses.kl_to_targets` (T^2 KL at temperature
-T) or `losses.soft_cross_entropy`. Scalar arguments (epsilon, eta, k, temperature) are
-validated eagerly when they are Python numbers.
+T) or `losses.soft_cross_entropy`.
+
+Invalid inputs follow `kd_jax.losses` (its module docstring):
+- Labels must be integers in `[0, C)` with the batch shape of the teacher probabilities
+  (shapes are checked at trace time). Concrete labels are checked eagerly (ValueError naming
+  the first bad label, its index and the range); with traced labels (jit, vmap, grad, pmap,
+  shard_map) the target row of each bad label is all NaN, so the loss built from it is NaN
+  for that example and the other rows are unchanged.
+- Scalar arguments (epsilon, eta, temperature) given as Python numbers are validated
+  eagerly; traced ones outside their range make the whole output NaN. `k` and `spread` are
+  static.
 
 Methods (SPEC.md): label smoothing (`smooth`), Label Revision of Lan et al. (`revise`), and the
 partial-knowledge variants of Tang et al.: KD-pt (`pt`), KD-sim (`class_similarity` +
@@ -15,18 +24,44 @@ This module imports nothing else of kd_jax but `losses`' validators.
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from kd_jax.losses import _concrete, check_int_range, check_temperature
+from kd_jax.losses import (
+  _checked_labels,
+  _concrete,
+  _nan_unless,
+  check_int_range,
+  check_temperature,
+)
 
 
-def _check_unit_interval(name, value, *, open_interval=False):
+def _unit_interval(name, value, *, open_interval=False):
+  """`value`, checked eagerly when concrete; a traced value outside the interval -> NaN."""
   v = _concrete(value)
   if v is None:
-    return
+    ok = (0 < value) & (value < 1) if open_interval else (0 <= value) & (value <= 1)
+    return _nan_unless(ok, value)
   ok = 0 < v < 1 if open_interval else 0 <= v <= 1
   if not ok:
     allowed = "(0, 1)" if open_interval else "[0, 1]"
     raise ValueError(f"{name}={value!r} is not allowed: must be in {allowed}")
+  return value
+
+
+def _check_batch(teacher_probs, labels):
+  if np.shape(labels) != np.shape(teacher_probs)[:-1]:
+    raise ValueError(f"labels.shape={np.shape(labels)} is not allowed: need "
+                     f"{np.shape(teacher_probs)[:-1]}, the batch shape of "
+                     f"teacher_probs.shape={np.shape(teacher_probs)}")
+
+
+def _check_similarity(similarity, num_classes=None):
+  """`similarity` is `[C, C]` (with `C = num_classes` when given); returns C."""
+  shape = np.shape(similarity)
+  if len(shape) != 2 or shape[0] != shape[1] or num_classes not in (None, shape[0]):
+    need = "[C, C]" if num_classes is None else f"[C, C] = ({num_classes}, {num_classes})"
+    raise ValueError(f"similarity.shape={shape} is not allowed: need {need}")
+  return shape[0]
 
 
 def _teacher(teacher_probs):
@@ -37,9 +72,14 @@ def _true_class_prob(probs, labels):
   return jnp.take_along_axis(probs, labels[..., None], axis=-1)[..., 0]
 
 
+def _one_hot(labels, valid, num_classes):
+  return _nan_unless(valid, jax.nn.one_hot(labels, num_classes, dtype=jnp.float32))
+
+
 def one_hot(labels, num_classes):
-  """`e_y`: `[B]` integer labels -> `[B, C]` float32."""
-  return jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+  """`e_y`: `[B]` integer labels in `[0, C)` -> `[B, C]` float32 (NaN rows: bad traced labels)."""
+  labels, valid = _checked_labels(labels, num_classes)
+  return _one_hot(labels, valid, num_classes)
 
 
 def smooth(labels, num_classes, epsilon, spread="all"):
@@ -49,15 +89,15 @@ def smooth(labels, num_classes, epsilon, spread="all"):
   `spread="others"`: `(1 - eps) e_y + eps / (C - 1)` on the C-1 non-target classes.
 
   Args:
-    labels: `[B]` integers.
+    labels: `[B]` integers in `[0, C)` (a NaN row for each bad traced label).
     num_classes: C.
-    epsilon: smoothing mass in `[0, 1]`.
+    epsilon: smoothing mass in `[0, 1]` (traced and outside: all NaN).
     spread: "all" or "others".
 
   Returns:
     `[B, C]` float32 distributions.
   """
-  _check_unit_interval("epsilon", epsilon)
+  epsilon = _unit_interval("epsilon", epsilon)
   hot = one_hot(labels, num_classes)
   if spread == "all":
     return (1.0 - epsilon) * hot + epsilon / num_classes
@@ -66,14 +106,21 @@ def smooth(labels, num_classes, epsilon, spread="all"):
   raise ValueError(f"spread={spread!r} is not allowed: must be 'all' or 'others'")
 
 
+def _revision_beta(q, labels, eta):
+  return eta / (jnp.max(q, axis=-1) - _true_class_prob(q, labels) + 1.0)
+
+
 def revision_beta(teacher_probs, labels, eta):
   """Label Revision's mixing weight `beta = eta / (max_c q_c - q_y + 1)`, `[B]`.
 
   `beta == eta` when the teacher is right (`argmax q = y`) and is smaller the more wrong it is.
+  Arguments as `revise`; NaN for a bad traced label (that example) or eta (all).
   """
-  _check_unit_interval("eta", eta, open_interval=True)
+  eta = _unit_interval("eta", eta, open_interval=True)
   q = _teacher(teacher_probs)
-  return eta / (jnp.max(q, axis=-1) - _true_class_prob(q, labels) + 1.0)
+  _check_batch(q, labels)
+  labels, valid = _checked_labels(labels, q.shape[-1])
+  return _nan_unless(valid, _revision_beta(q, labels, eta))
 
 
 def revise(teacher_probs, labels, eta):
@@ -84,26 +131,32 @@ def revise(teacher_probs, labels, eta):
 
   Args:
     teacher_probs: `[B, C]` teacher distribution (usually at the distillation temperature).
-    labels: `[B]` integers.
-    eta: in `(0, 1)`.
+    labels: `[B]` integers in `[0, C)` (a NaN row for each bad traced label).
+    eta: in `(0, 1)` (traced and outside: all NaN).
 
   Returns:
     `[B, C]` float32 revised distributions.
   """
+  eta = _unit_interval("eta", eta, open_interval=True)
   q = _teacher(teacher_probs)
-  beta = revision_beta(q, labels, eta)[..., None]
-  return beta * q + (1.0 - beta) * one_hot(labels, q.shape[-1])
+  _check_batch(q, labels)
+  labels, valid = _checked_labels(labels, q.shape[-1])
+  beta = _revision_beta(q, labels, eta)[..., None]
+  return beta * q + (1.0 - beta) * _one_hot(labels, valid, q.shape[-1])
 
 
 def pt(teacher_probs, labels):
   """KD-pt: the teacher's confidence on the true class only.
 
-  Target `q_y` at `y` and `(1 - q_y) / (C - 1)` on every other class. `[B, C]` float32.
+  Target `q_y` at `y` and `(1 - q_y) / (C - 1)` on every other class. `[B, C]` float32;
+  labels `[B]` in `[0, C)` (a NaN row for each bad traced label).
   """
   q = _teacher(teacher_probs)
+  _check_batch(q, labels)
   num_classes = q.shape[-1]
+  labels, valid = _checked_labels(labels, num_classes)
   q_y = _true_class_prob(q, labels)[..., None]
-  hot = one_hot(labels, num_classes)
+  hot = _one_hot(labels, valid, num_classes)
   return hot * q_y + (1.0 - hot) * (1.0 - q_y) / (num_classes - 1)
 
 
@@ -114,12 +167,14 @@ def class_similarity(kernel, temperature):
 
   Args:
     kernel: `[D, C]` final-layer kernel (flax Dense layout), under stop_gradient.
-    temperature: `tau > 0`.
+    temperature: `tau > 0` and finite (traced and invalid: all NaN).
 
   Returns:
     `[C, C]` float32: row y is `rho(y)`, zero on the diagonal, summing to 1.
   """
-  check_temperature(temperature)
+  if np.ndim(kernel) != 2:
+    raise ValueError(f"kernel.shape={np.shape(kernel)} is not allowed: need [D, C]")
+  temperature = check_temperature(temperature)
   w = jax.lax.stop_gradient(jnp.asarray(kernel).astype(jnp.float32))
   w = w / jnp.maximum(jnp.linalg.norm(w, axis=0, keepdims=True), 1e-12)
   cosine = w.T @ w
@@ -131,24 +186,35 @@ def sim(labels, similarity, epsilon):
   """KD-sim: `(1 - eps) e_y + eps * rho(y)`, the same target for every example of a class.
 
   Args:
-    labels: `[B]` integers.
+    labels: `[B]` integers in `[0, C)` (a NaN row for each bad traced label).
     similarity: `[C, C]` from `class_similarity`.
-    epsilon: in `[0, 1]`.
+    epsilon: in `[0, 1]` (traced and outside: all NaN).
 
   Returns:
     `[B, C]` float32.
   """
-  _check_unit_interval("epsilon", epsilon)
+  epsilon = _unit_interval("epsilon", epsilon)
+  num_classes = _check_similarity(similarity)
   similarity = jax.lax.stop_gradient(jnp.asarray(similarity).astype(jnp.float32))
-  return (1.0 - epsilon) * one_hot(labels, similarity.shape[-1]) + epsilon * similarity[labels]
+  labels, valid = _checked_labels(labels, num_classes)
+  hot = _one_hot(labels, valid, num_classes)
+  return (1.0 - epsilon) * hot + epsilon * similarity[labels]
 
 
 def pt_sim(teacher_probs, labels, similarity):
-  """KD-pt+sim: `q_y` at `y` and `(1 - q_y) * rho(y)` elsewhere. `[B, C]` float32."""
+  """KD-pt+sim: `q_y` at `y` and `(1 - q_y) * rho(y)` elsewhere. `[B, C]` float32.
+
+  teacher_probs `[B, C]`; labels `[B]` in `[0, C)` (a NaN row for each bad traced label);
+  similarity `[C, C]` from `class_similarity`.
+  """
   q = _teacher(teacher_probs)
+  _check_batch(q, labels)
+  num_classes = q.shape[-1]
+  _check_similarity(similarity, num_classes)
   similarity = jax.lax.stop_gradient(jnp.asarray(similarity).astype(jnp.float32))
+  labels, valid = _checked_labels(labels, num_classes)
   q_y = _true_class_prob(q, labels)[..., None]
-  return one_hot(labels, q.shape[-1]) * q_y + (1.0 - q_y) * similarity[labels]
+  return _one_hot(labels, valid, num_classes) * q_y + (1.0 - q_y) * similarity[labels]
 
 
 def topk(teacher_probs, k):

@@ -314,3 +314,24 @@ def lr_mse_batch_objective(student_logits, teacher_logits, labels, real, supervi
   if s.any():
     out += s.sum() / n * lr_mse_published(zs[s], zt[s], y[s], **kwargs)
   return out
+
+def with_bad_labels(labels, num_classes):
+  """`(labels with entry 0 set to -1 and the last to C, bad mask)`: the out-of-range cases.
+
+  -1 used to be read as class C-1 (negative indices wrap) and C gave NaN or finite garbage.
+  """
+  bad_labels = np.array(labels, copy=True)
+  bad_labels[0], bad_labels[-1] = -1, num_classes
+  bad = np.zeros(bad_labels.shape, bool)
+  bad[0] = bad[-1] = True
+  return bad_labels, bad
+
+
+def assert_bad_label_error(call, labels, num_classes):
+  """`call(labels)` raises a ValueError naming the first bad label, its index and `[0, C)`."""
+  import pytest  # pylint: disable=g-import-not-at-top
+  labels = np.asarray(labels)
+  index = int(np.argmax((labels < 0) | (labels >= num_classes)))
+  pattern = rf"labels\[{index}\]={labels[index]} [\s\S]*\[0, {num_classes}\)"
+  with pytest.raises(ValueError, match=pattern):
+    call(labels)

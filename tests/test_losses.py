@@ -2,11 +2,14 @@
 
 Values and gradients (central differences) over C = 2..1000, hand-worked cases, jit/vmap,
 bfloat16 inputs, logits of magnitude 1e4, stop_gradient on the teacher and argument
-validation. pmap / shard_map are in test_losses_parallel.py.
+validation: out-of-range labels (eager ValueError; NaN for that example when traced, the
+others unchanged), shape mismatches, traced invalid temperatures. pmap / shard_map are in
+test_losses_parallel.py.
 """
 
 import functools
 import math
+import re
 
 import hypothesis
 import jax
@@ -15,6 +18,7 @@ import numpy as np
 import numpy_reference as ref
 import pytest
 from hypothesis import strategies as st
+from jax.experimental import checkify
 
 from kd_jax import losses
 
@@ -42,6 +46,7 @@ LOSSES = {
     "dkd": lambda m, d: m.dkd(d["zs"], d["zt"], d["y"], ALPHA, BETA, T),
     "dkd_to_targets": lambda m, d: m.dkd_to_targets(d["zs"], d["qt"], d["y"], ALPHA, BETA, T),
 }
+LABEL_LOSSES = ("cross_entropy", "tsd_label_primary", "dkd", "dkd_to_targets")
 
 
 def _inputs(b, c, scale=3.0, seed=0):
@@ -346,6 +351,8 @@ def _bad_calls():
       ("temperature", 0.0, lambda v: losses.kl_to_targets(zs, q, v)),
       ("temperature", -2.5, lambda v: losses.dkd(zs, zs, y, 1.0, 8.0, v)),
       ("temperature", 0.0, lambda v: losses.dkd_to_targets(zs, q, y, 1.0, 8.0, v)),
+      ("temperature", math.inf, lambda v: losses.kd(zs, zs, v)),
+      ("temperature", math.nan, lambda v: losses.kl_to_targets(zs, q, v)),
       ("num_secondary", 0, lambda v: losses.tsd(zs, num_secondary=v)),
       ("num_secondary", 10, lambda v: losses.tsd(zs, num_secondary=v)),   # > C - 1
       ("num_secondary", -3, lambda v: losses.tsd(zs, num_secondary=v)),
@@ -362,3 +369,137 @@ def test_default_num_secondary_needs_six_classes():
   # K = 5 secondary classes need C >= 6.
   with pytest.raises(ValueError, match="num_secondary"):
     losses.tsd(jnp.zeros((1, 5)))
+
+
+# ------------------------------------------------------------ out-of-range labels
+
+
+@pytest.mark.parametrize("name", LABEL_LOSSES)
+def test_bad_labels_raise_eagerly(name):
+  # Before: -1 was silently class C-1 (negative indices wrap) and C gave NaN or a finite,
+  # even negative, loss.
+  d = _inputs(3, 10)
+  bad_y, _ = ref.with_bad_labels(d["y"], 10)
+  ref.assert_bad_label_error(lambda y: LOSSES[name](losses, _with(d, y=y)), bad_y, 10)
+  ref.assert_bad_label_error(lambda y: LOSSES[name](losses, _with(d, y=y)),
+                             np.array([1, 2, 10]), 10)
+  with pytest.raises(ValueError, match=r"labels\.dtype=float32 .*integer"):
+    LOSSES[name](losses, _with(d, y=d["y"].astype(np.float32)))
+
+
+def test_bad_labels_give_nan_for_their_examples_under_jit():
+  # The compiled function of test_values_match_reference (same shapes: no recompile), with
+  # labels -1 and C in rows 0 and 2: those rows' losses are NaN, their gradients 0 (the NaN
+  # never reaches a gradient), and row 1's value and gradient are unchanged.
+  d, clean = _run(3, 10)
+  bad_y, bad = ref.with_bad_labels(d["y"], 10)
+  out = jax.tree.map(np.asarray, _values_and_grads(_with(d, y=bad_y)))
+  for name, (values, grad) in out.items():
+    if name in LABEL_LOSSES:
+      np.testing.assert_array_equal(np.isnan(values), bad, err_msg=name)
+      np.testing.assert_array_equal(grad[bad], 0.0, err_msg=name)
+    else:
+      assert np.all(np.isfinite(values)), name
+    np.testing.assert_allclose(values[~bad], clean[name][0][~bad], rtol=1e-6, err_msg=name)
+    np.testing.assert_allclose(grad[~bad], clean[name][1][~bad], rtol=1e-6, atol=1e-7,
+                               err_msg=name)
+
+
+def test_bad_labels_under_vmap_and_grad_of_masked_mean():
+  # vmap (labels batched): NaN for the bad examples; a masked mean with jnp.where drops them
+  # from the gradient exactly, as if they had not been in the batch.
+  d = _inputs(3, 10)
+  bad_y, bad = ref.with_bad_labels(d["y"], 10)
+
+  def masked_mean(zs, y, keep):
+    ce = jax.vmap(losses.cross_entropy)(zs[:, None], y[:, None])[:, 0]
+    return jnp.sum(jnp.where(keep, ce, 0.0)) / jnp.sum(keep), ce
+
+  grad_fn = jax.jit(jax.grad(masked_mean, has_aux=True))
+  got, values = jax.tree.map(np.asarray, grad_fn(d["zs"], bad_y, ~bad))
+  want, _ = grad_fn(d["zs"], d["y"], ~bad)
+  np.testing.assert_array_equal(np.isnan(values), bad)
+  assert np.all(np.isfinite(got))
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-8)
+
+
+# ------------------------------------------------------------------------- shapes
+
+
+def _shape_mismatches():
+  zs = np.zeros((2, 10), np.float32)
+  q = np.full((2, 10), 0.1, np.float32)
+  y = np.zeros((2,), np.int32)
+  return [
+      # [B, 1, C] against [B, C] used to broadcast to a [B, B] loss.
+      ("kd", (2, 1, 10), (2, 10), lambda: losses.kd(zs[:, None], zs, T)),
+      ("kd_classes", (2, 10), (2, 5), lambda: losses.kd(zs, zs[:, :5], T)),
+      ("kl_to_targets", (2, 10), (2, 1, 10), lambda: losses.kl_to_targets(zs, q[:, None], T)),
+      ("soft_cross_entropy", (2, 10), (10,), lambda: losses.soft_cross_entropy(zs, q[0])),
+      ("dkd", (2, 10), (1, 10), lambda: losses.dkd(zs, zs[:1], y, 1.0, 8.0, T)),
+      ("dkd_labels", (2, 1), (2, 10), lambda: losses.dkd(zs, zs, y[:, None], 1.0, 8.0, T)),
+      ("dkd_to_targets", (2, 10), (2, 9),
+       lambda: losses.dkd_to_targets(zs, q[:, :9], y, 1.0, 8.0, T)),
+      ("cross_entropy_labels", (2, 1), (2, 10), lambda: losses.cross_entropy(zs, y[:, None])),
+      ("cross_entropy_1d", (10,), None, lambda: losses.cross_entropy(zs[0], y[0])),
+      ("tsd_labels", (1,), (2, 10), lambda: losses.tsd(zs, 5, labels=y[:1])),
+      ("entropy_1d", (10,), None, lambda: losses.entropy(zs[0])),
+  ]
+
+
+@pytest.mark.parametrize("name,shape,other,call", _shape_mismatches(),
+                         ids=[c[0] for c in _shape_mismatches()])
+def test_shape_mismatches_raise(name, shape, other, call):
+  del name
+  pattern = re.escape(str(shape)) + ("" if other is None else r"[\s\S]*" + re.escape(str(other)))
+  with pytest.raises(ValueError, match=pattern):
+    call()
+
+
+def test_shape_check_happens_at_trace_time():
+  zs = jnp.zeros((2, 10))
+  with pytest.raises(ValueError, match=r"\(2, 1, 10\)[\s\S]*\(2, 10\)"):
+    jax.jit(lambda a, b: losses.kd(a, b, T))(zs[:, None], zs)
+
+
+# ------------------------------------------------------------ traced temperature
+
+
+@jax.jit
+def _temperature_losses(d, t):
+  zs, zt, y = d["zs"], d["zt"], d["y"]
+  return dict(kd=losses.kd(zs, zt, t), kl_to_targets=losses.kl_to_targets(zs, d["q"], t),
+              dkd=losses.dkd(zs, zt, y, ALPHA, BETA, t),
+              dkd_to_targets=losses.dkd_to_targets(zs, d["qt"], y, ALPHA, BETA, t))
+
+
+def test_traced_temperature():
+  # A traced temperature cannot raise: an invalid one (<= 0 or not finite) makes every
+  # output NaN, a valid one gives the eager result.
+  d = _inputs(3, 10)
+  good = _temperature_losses(d, T)
+  np.testing.assert_allclose(good["kd"], losses.kd(d["zs"], d["zt"], T), rtol=1e-6)
+  np.testing.assert_allclose(good["dkd"], losses.dkd(d["zs"], d["zt"], d["y"], ALPHA, BETA, T),
+                             rtol=1e-6)
+  for t in (0.0, -1.0, math.inf, math.nan):
+    for name, values in _temperature_losses(d, t).items():
+      assert np.all(np.isnan(values)), (t, name, values)
+
+
+def test_checkify_catches_invalid_temperature_and_labels():
+  # T = -1 and label -1 used to give finite (wrong) losses that no check could catch.
+  d = _inputs(3, 10)
+  bad_y = d["y"].copy()
+  bad_y[1] = -1
+
+  def step(zs, zt, y, t):
+    return jnp.mean(losses.kd(zs, zt, t) + losses.cross_entropy(zs, y))
+
+  checked = jax.jit(checkify.checkify(step, errors=checkify.nan_checks))
+  err, out = checked(d["zs"], d["zt"], d["y"], T)
+  assert err.get() is None and np.isfinite(out)
+  for y, t in ((d["y"], -1.0), (bad_y, T)):
+    err, out = checked(d["zs"], d["zt"], y, t)
+    assert err.get() is not None and "nan" in err.get(), (t, err.get())
+    with pytest.raises(checkify.JaxRuntimeError):
+      err.throw()

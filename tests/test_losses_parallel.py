@@ -3,6 +3,8 @@
 The device count of the CPU backend is fixed when jax starts, so the 4 forced host devices
 (XLA_FLAGS=--xla_force_host_platform_device_count=4) live in a child process; one child runs
 every function, once per mode (single device jit, pmap, shard_map), to keep compiles few.
+Out-of-range labels (`y_bad`: -1 and C on two examples) give NaN for exactly those examples
+in every mode, and leave the other examples' values unchanged.
 """
 
 import json
@@ -24,7 +26,7 @@ assert jax.device_count() == 4, jax.devices()
 T = 4.0
 
 
-def everything(zs, zt, y, q, s):
+def everything(zs, zt, y, q, s, y_bad):
   def per_example(zs):
     qt = jax.nn.softmax(zt / T)
     return dict(
@@ -43,7 +45,10 @@ def everything(zs, zt, y, q, s):
   values.update(
       grad=grad, one_hot=targets.one_hot(y, c), smooth=targets.smooth(y, c, 0.1),
       revise=targets.revise(q, y, 0.8), pt=targets.pt(q, y), topk=targets.topk(q, 3),
-      sim=targets.sim(y, s, 0.5), pt_sim=targets.pt_sim(q, y, s))
+      sim=targets.sim(y, s, 0.5), pt_sim=targets.pt_sim(q, y, s),
+      bad_cross_entropy=losses.cross_entropy(zs, y_bad),
+      bad_dkd=losses.dkd(zs, zt, y_bad, 1.0, 8.0, T),
+      bad_revise=targets.revise(q, y_bad, 0.8), bad_sim=targets.sim(y_bad, s, 0.5))
   return values
 
 
@@ -54,24 +59,35 @@ zt = (rng.normal(size=(b, c)) * 3).astype(np.float32)
 y = rng.integers(0, c, size=b).astype(np.int32)
 q = np.asarray(jax.nn.softmax(rng.normal(size=(b, c)) * 2), np.float32)
 s = np.asarray(targets.class_similarity(rng.normal(size=(16, c)).astype(np.float32), 0.5))
+y_bad = y.copy()
+y_bad[1], y_bad[6] = -1, c        # one bad example on device 0 and one on device 3 (of 4)
+bad = np.isin(np.arange(b), [1, 6])
 
-single = jax.jit(everything)(zs, zt, y, q, s)
+single = jax.jit(everything)(zs, zt, y, q, s, y_bad)
 
 split = lambda x: x.reshape((4, b // 4) + x.shape[1:])
-pmapped = jax.pmap(everything, in_axes=(0, 0, 0, 0, None))(
-    split(zs), split(zt), split(y), split(q), s)
+pmapped = jax.pmap(everything, in_axes=(0, 0, 0, 0, None, 0))(
+    split(zs), split(zt), split(y), split(q), s, split(y_bad))
 pmapped = jax.tree.map(lambda x: np.asarray(x).reshape((b,) + x.shape[2:]), pmapped)
 
 mesh = Mesh(np.array(jax.devices()), ("batch",))
-sharded = jax.jit(shard_map(everything, mesh=mesh, in_specs=(P("batch"),) * 4 + (P(),),
-                            out_specs=P("batch")))(zs, zt, y, q, s)
+sharded = jax.jit(shard_map(everything, mesh=mesh,
+                            in_specs=(P("batch"),) * 4 + (P(), P("batch")),
+                            out_specs=P("batch")))(zs, zt, y, q, s, y_bad)
 
 diffs = {}
 for name, want in single.items():
   want = np.asarray(want)
-  assert want.shape[0] == b and np.all(np.isfinite(want)), name
-  diffs[name] = [float(np.max(np.abs(np.asarray(got[name]) - want) / (1 + np.abs(want))))
-                 for got in (pmapped, sharded)]
+  nan = bad if name.startswith("bad_") else np.zeros(b, bool)
+  assert want.shape[0] == b, name
+  for got in (single, pmapped, sharded):
+    got = np.asarray(got[name]).reshape(b, -1)
+    assert np.all(np.isnan(got[nan])) and np.all(np.isfinite(got[~nan])), name
+  if name.startswith("bad_"):   # the good examples' values equal those of the clean labels
+    clean = np.asarray(single[name[len("bad_"):]])
+    assert np.array_equal(want[~nan], clean[~nan]), name
+  diffs[name] = [float(np.max(np.abs(np.asarray(got[name])[~nan] - want[~nan])
+                              / (1 + np.abs(want[~nan])))) for got in (pmapped, sharded)]
 print("RESULT " + json.dumps(diffs))
 """
 
@@ -87,7 +103,7 @@ def test_pmap_and_shard_map_match_single_device():
   assert proc.returncode == 0, proc.stderr[-4000:]
   line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
   diffs = json.loads(line[len("RESULT "):])
-  assert len(diffs) == 15
+  assert len(diffs) == 19
   for name, (pmap_diff, shard_map_diff) in diffs.items():
     # Same per-example arithmetic on every device: equal up to float32 rounding.
     assert pmap_diff <= 1e-6, (name, "pmap", pmap_diff)

@@ -242,8 +242,41 @@ def test_influence_scores_validation():
     selection.influence_scores(*args, l2=0.1, chunk_size=0)
   with pytest.raises(ValueError, match="ref_features.shape"):
     selection.influence_scores(x, y, kernel, bias, x[:5, :3], y[:5], l2=0.1)
-  with pytest.raises(ValueError, match="labels span"):
+  with pytest.raises(ValueError, match=r"labels\[0\]=1[0-3] .*\[0, 4\)"):
     selection.influence_scores(x, y + 10, kernel, bias, x[:5], y[:5], l2=0.1)
+
+
+def test_influence_label_checks():
+  # Float [N] labels used to be one-hot encoded as all-zero targets (zero scores and a
+  # warning); now they are refused. Out-of-range labels name the array, index and range.
+  x, y, kernel, bias = _small_problem()
+  with pytest.raises(ValueError, match=r"labels\.dtype=float32 .*integer"):
+    selection.influence_scores(x, y.astype(np.float32), kernel, bias, x[:5], y[:5], l2=0.1)
+  with pytest.raises(ValueError, match=r"ref_labels\.dtype=float64"):
+    selection.influence_scores(x, y, kernel, bias, x[:5], y[:5] * 1.0, l2=0.1)
+  bad = y.copy()
+  bad[3] = -1
+  with pytest.raises(ValueError, match=r"^ref_labels\[3\]=-1 .*\[0, 4\)"):
+    selection.influence_scores(x, y, kernel, bias, x[:5], bad[:5], l2=0.1)
+  with pytest.raises(ValueError, match=r"^labels\[3\]=-1 .*\[0, 4\)"):
+    selection.example_scores(x, bad, kernel, bias, (kernel, bias))
+  with pytest.raises(ValueError, match=r"^labels\[3\]=-1 .*\[0, 4\)"):
+    selection.hessian_vector_product(x, bad, kernel, bias, (kernel, bias), l2=0.1)
+
+
+def test_per_example_grads_bad_labels():
+  # Eagerly a ValueError; traced, NaN gradients for exactly the bad example.
+  x, y, kernel, bias = _small_problem(n=4)
+  bad = y.copy()
+  bad[2] = 4
+  with pytest.raises(ValueError, match=r"labels\[2\]=4 .*\[0, 4\)"):
+    selection.per_example_grads(x, bad, kernel, bias)
+  grads = jax.jit(selection.per_example_grads)
+  got, want = grads(x, bad, kernel, bias), grads(x, y, kernel, bias)
+  for g, w in zip(got, want):
+    g, w = np.asarray(g), np.asarray(w)
+    assert np.isnan(g[2]).all()
+    np.testing.assert_array_equal(np.delete(g, 2, 0), np.delete(w, 2, 0))
 
 
 def test_select_counts_rounding_and_direction():
@@ -295,6 +328,13 @@ def test_teacher_scores():
   assert np.isfinite(selection.teacher_margin_scores(huge, np.array([1]))).all()
   with pytest.raises(ValueError, match="space='rank'"):
     selection.teacher_margin_scores(logits, labels, space="rank")
+  # Labels outside [0, C): -1 used to be read as class C-1 and C as "no class".
+  for bad in (np.array([0, -1, 2]), np.array([0, 3, 1])):
+    for scores in (selection.teacher_margin_scores, selection.teacher_correct_scores):
+      with pytest.raises(ValueError, match=rf"labels\[1\]={bad[1]} .*\[0, 3\)"):
+        scores(logits, bad)
+  with pytest.raises(ValueError, match=r"labels\.dtype=float"):
+    selection.teacher_margin_scores(logits, labels.astype(float))
 
 
 def test_random_scores_are_seeded():

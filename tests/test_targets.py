@@ -2,11 +2,13 @@
 
 Values over C = 2..1000, hypothesis properties (targets are distributions, Label Revision's
 argmax and beta, top-k, class similarity), hand-worked cases, jit/vmap, stop_gradient on the
-teacher and argument validation.
+teacher and argument validation: out-of-range labels (eager ValueError; a NaN row when
+traced, the other rows unchanged), shape mismatches, traced invalid eta/epsilon/temperature.
 """
 
 import functools
 import math
+import re
 
 import hypothesis
 import hypothesis.extra.numpy as hnp
@@ -39,6 +41,7 @@ TARGETS = {
     "pt_sim": lambda m, d: m.pt_sim(d["q"], d["y"], d["s"]),
     "topk": lambda m, d: m.topk(d["q"], _k(d["q"].shape[-1])),
 }
+LABEL_TARGETS = ("one_hot", "smooth", "smooth_others", "revise", "pt", "sim", "pt_sim")
 
 
 def _inputs(b, c, seed=0):
@@ -143,8 +146,8 @@ def test_targets_are_distributions_and_revision_is_right(case, eta, epsilon, cor
   # Off the label q'_c = beta q_c, and the label gets the rest, (1 - beta) + beta q_y
   # (compared entry by entry: 1 - q'_y would lose float32 digits to cancellation).
   off_label = np.arange(q.shape[-1]) != y[:, None]
-  np.testing.assert_allclose(np.where(off_label, revised, 0), np.where(off_label, beta[:, None] * q, 0),
-                             rtol=1e-5, atol=1e-8)
+  np.testing.assert_allclose(np.where(off_label, revised, 0),
+                             np.where(off_label, beta[:, None] * q, 0), rtol=1e-5, atol=1e-8)
   teacher_q_y = np.take_along_axis(q, y[:, None], -1)[:, 0]
   np.testing.assert_allclose(q_y[:, 0], 1 - beta + beta * teacher_q_y, rtol=1e-5)
 
@@ -327,3 +330,108 @@ def _bad_calls():
                          ids=lambda x: x if isinstance(x, (str, int, float)) else "")
 def test_invalid_arguments_raise(arg, value, call):
   ref.assert_error_names(arg, value, call)
+
+
+# ------------------------------------------------------------ out-of-range labels
+
+
+@pytest.mark.parametrize("name", LABEL_TARGETS + ("revision_beta",))
+def test_bad_labels_raise_eagerly(name):
+  d = _inputs(3, 10)
+  call = (lambda d: targets.revision_beta(d["q"], d["y"], ETA)) if name == "revision_beta" \
+      else functools.partial(TARGETS[name], targets)
+  bad_y, _ = ref.with_bad_labels(d["y"], 10)
+  ref.assert_bad_label_error(lambda y: call({**d, "y": y}), bad_y, 10)
+  ref.assert_bad_label_error(lambda y: call({**d, "y": y}), np.array([0, 10, 3]), 10)
+  with pytest.raises(ValueError, match=r"labels\.dtype=float32 .*integer"):
+    call({**d, "y": d["y"].astype(np.float32)})
+
+
+def test_bad_labels_give_nan_rows_under_jit():
+  # The compiled function of test_values_match_reference (same shapes: no recompile), with
+  # labels -1 and C in rows 0 and 2. Before, -1 was class C-1 and C an all-zero one-hot.
+  d = _inputs(3, 10)
+  clean = jax.tree.map(np.asarray, _all_targets(d))
+  bad_y, bad = ref.with_bad_labels(d["y"], 10)
+  out = jax.tree.map(np.asarray, _all_targets({**d, "y": bad_y}))
+  for name in LABEL_TARGETS + ("revision_beta",):
+    value = out[name]
+    nan = np.isnan(value) if value.ndim == 1 else np.isnan(value).all(-1)
+    np.testing.assert_array_equal(nan, bad, err_msg=name)
+    assert not np.isnan(value[~bad]).any(), name
+    np.testing.assert_array_equal(value[~bad], clean[name][~bad], err_msg=name)
+  for name in ("topk", "class_similarity"):   # no labels
+    np.testing.assert_array_equal(out[name], clean[name], err_msg=name)
+
+
+@jax.jit
+def _student_grads(zs, q, y, s):
+  def total(zs):
+    return jnp.sum(losses.kl_to_targets(zs, targets.revise(q, y, ETA), 1.0)
+                   + losses.soft_cross_entropy(zs, targets.pt_sim(q, y, s))
+                   + losses.soft_cross_entropy(zs, targets.smooth(y, q.shape[-1], EPS)))
+  return jax.grad(total)(zs)
+
+
+def test_bad_label_targets_leave_other_examples_gradients_unchanged():
+  d = _inputs(3, 10)
+  zs = np.random.default_rng(0).normal(size=(3, 10)).astype(np.float32)
+  bad_y, bad = ref.with_bad_labels(d["y"], 10)
+  got = np.asarray(_student_grads(zs, d["q"], bad_y, d["s"]))
+  want = np.asarray(_student_grads(zs, d["q"], d["y"], d["s"]))
+  assert np.isnan(got[bad]).all()   # the loss of a bad example is NaN, and so is its gradient
+  np.testing.assert_array_equal(got[~bad], want[~bad])
+
+
+# ------------------------------------------------------------------------- shapes
+
+
+def _shape_mismatches():
+  q = np.full((2, 10), 0.1, np.float32)
+  y = np.zeros((2,), np.int32)
+  s = np.full((10, 10), 1 / 9, np.float32) * (1 - np.eye(10, dtype=np.float32))
+  return [
+      ("revise", (2, 1), lambda: targets.revise(q, y[:, None], ETA)),
+      ("revision_beta", (1,), lambda: targets.revision_beta(q, y[:1], ETA)),
+      ("pt", (3,), lambda: targets.pt(q, np.zeros(3, np.int32))),
+      ("pt_sim_labels", (2, 1), lambda: targets.pt_sim(q, y[:, None], s)),
+      ("pt_sim_similarity", (9, 9), lambda: targets.pt_sim(q, y, s[:9, :9])),
+      ("sim", (10, 9), lambda: targets.sim(y, s[:, :9], EPS)),
+      ("class_similarity", (10,), lambda: targets.class_similarity(q[0], TAU)),
+  ]
+
+
+@pytest.mark.parametrize("name,shape,call", _shape_mismatches(),
+                         ids=[c[0] for c in _shape_mismatches()])
+def test_shape_mismatches_raise(name, shape, call):
+  del name
+  with pytest.raises(ValueError, match=re.escape(f"shape={shape}")):
+    call()
+
+
+# ---------------------------------------------------- traced eta, epsilon, temperature
+
+
+@jax.jit
+def _scalar_args(d, eta, epsilon, tau):
+  y, q, s = d["y"], d["q"], d["s"]
+  return dict(revise=targets.revise(q, y, eta), revision_beta=targets.revision_beta(q, y, eta),
+              smooth=targets.smooth(y, q.shape[-1], epsilon),
+              sim=targets.sim(y, s, epsilon), class_similarity=targets.class_similarity(
+                  d["kernel"], tau))
+
+
+def test_traced_invalid_scalars_give_nan():
+  d = _inputs(3, 10)
+  good = jax.tree.map(np.asarray, _scalar_args(d, ETA, EPS, TAU))
+  clean = _all_targets(d)
+  for name, value in good.items():
+    np.testing.assert_allclose(value, clean[name], rtol=1e-6, err_msg=name)
+  cases = {"revise": dict(eta=[0.0, 1.0, 1.5, math.nan]), "revision_beta": dict(eta=[1.0]),
+           "smooth": dict(epsilon=[-0.1, 1.5, math.nan]), "sim": dict(epsilon=[2.0]),
+           "class_similarity": dict(tau=[0.0, -1.0, math.inf])}
+  for name, changes in cases.items():
+    for arg, values in changes.items():
+      for value in values:
+        out = _scalar_args(d, **{"eta": ETA, "epsilon": EPS, "tau": TAU, arg: value})
+        assert np.isnan(out[name]).all(), (name, arg, value)
