@@ -315,6 +315,7 @@ def lr_mse_batch_objective(student_logits, teacher_logits, labels, real, supervi
     out += s.sum() / n * lr_mse_published(zs[s], zt[s], y[s], **kwargs)
   return out
 
+
 def with_bad_labels(labels, num_classes):
   """`(labels with entry 0 set to -1 and the last to C, bad mask)`: the out-of-range cases.
 

@@ -193,9 +193,11 @@ def test_flipped_bit_in_checkpoint_data_is_caught_by_the_checksum(tmp_path, caps
   data_dir = tmp_path / "teacher" / "checkpoints" / str(steps[-1]) / "variables"
   files = [os.path.join(root, f) for root, _, names in os.walk(data_dir) for f in names]
   largest = max(files, key=os.path.getsize)  # the weights' raw bytes
-  data = bytearray(open(largest, "rb").read())
-  data[len(data) // 2] ^= 0x40  # one exponent bit of one weight
-  open(largest, "wb").write(bytes(data))
+  with open(largest, "r+b") as f:
+    f.seek(os.path.getsize(largest) // 2)
+    byte = f.read(1)[0]
+    f.seek(-1, os.SEEK_CUR)
+    f.write(bytes([byte ^ 0x40]))  # one exponent bit of one weight
   capsys.readouterr()
   resumed = pipeline.run(config, str(tmp_path))["teacher"]
   out = capsys.readouterr().out

@@ -51,6 +51,7 @@ import numpy as np
 from kd_jax import methods, selection, targets
 from kd_jax.train import evaluate as eval_lib
 
+
 def is_round(selection_config, epoch: int) -> bool:
   """Whether a selection round starts at `epoch`: W, then every R epochs after W."""
   warmup, refresh = int(selection_config.warmup_epochs), int(selection_config.refresh_epochs)
