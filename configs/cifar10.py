@@ -6,10 +6,10 @@
 from configs import common
 
 
-def get_config():
+def get_config(arg=None):
   c = common.get_config()
   c.name = "cifar10"
   c.dataset.name = "cifar10"
   c.teacher.model = "resnet56"
   c.student.model = "resnet20"
-  return c
+  return common.apply_variant(c, arg)

@@ -6,14 +6,21 @@ and 210, KD with T=4, ce_weight 0.1, kd_weight 0.9. Switch anything on the comma
   python -m kd_jax.main --config=configs/cifar100.py --workdir=/tmp/c100 \
       --config.teacher.model=wrn_40_2 --config.student.model=wrn_16_2 \
       --config.student.method.name=dkd --config.teacher.checkpoint=/path/ckpt_epoch_240.pth
+
+Data Selection variant (LR+DS scores influence on a held-out validation slice, never on the
+test split): hold out 5,000 training images, and give every baseline of the comparison the
+same holdout so that all methods train on the same 45,000 examples:
+
+  python -m kd_jax.main --config=configs/cifar100.py:method=lr_ds,holdout=5000 --workdir=...
+  python -m kd_jax.main --config=configs/cifar100.py:method=kd,holdout=5000 --workdir=...
 """
 
 from configs import common
 
 
-def get_config():
+def get_config(arg=None):
   c = common.get_config()  # the defaults are this protocol
   c.name = "cifar100"
   c.dataset.name = "cifar100"
-  c.dataset.holdout = 0  # RepDistiller trains on all 50k; set e.g. 5000 for a validation slice
-  return c
+  c.dataset.holdout = 0  # RepDistiller trains on all 50k; the DS variant holds out 5000
+  return common.apply_variant(c, arg)

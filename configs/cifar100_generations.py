@@ -14,7 +14,7 @@ out for the best-checkpoint report; the test split selects nothing.
 from configs import cifar100, common
 
 
-def get_config():
+def get_config(arg=None):
   c = cifar100.get_config()
   c.name = "cifar100_generations"
   c.dataset.holdout = 5000
@@ -25,4 +25,4 @@ def get_config():
                              target_temperature=1.0)
   c.generations.num = 5
   c.eval_test_every_epochs = 10
-  return c
+  return common.apply_variant(c, arg)

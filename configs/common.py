@@ -45,6 +45,36 @@ def teacher(model: str, method_name: str = "ce", checkpoint: str = "", **method_
   return block
 
 
+# The short keys of a config argument (`--config=configs/x.py:method=lr_ds,criterion=random`,
+# big_vision's `get_config(arg)` style) and the fields they set.
+VARIANT_KEYS = {
+    "method": "student.method.name", "teacher": "teacher.model", "student": "student.model",
+    "criterion": "selection.criterion", "ratio": "selection.ratio",
+    "warmup": "selection.warmup_epochs", "refresh": "selection.refresh_epochs",
+    "holdout": "dataset.holdout", "seed": "seed", "epochs": "num_epochs", "stages": "stages",
+    "correlation": "dataset.options.correlation",
+}
+
+
+def apply_variant(config: ml_collections.ConfigDict, arg: str | None):
+  """`config` with a config argument applied: `key=value[,key=value...]`, keys of
+  VARIANT_KEYS, values converted to the field's type. `--config.<field>=...` flags still
+  override any field afterwards."""
+  for item in (arg or "").split(","):
+    key, sep, value = item.partition("=")
+    if not item:
+      continue
+    if not sep or key not in VARIANT_KEYS:
+      raise ValueError(f"config argument {item!r} is not allowed: use key=value with key one "
+                       f"of {', '.join(VARIANT_KEYS)}")
+    *parents, leaf = VARIANT_KEYS[key].split(".")
+    node = config
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = type(node[leaf])(value)
+  return config
+
+
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.name = "common"        # reported in summary.json

@@ -6,7 +6,7 @@
 from configs import common
 
 
-def get_config():
+def get_config(arg=None):
   c = common.get_config()
   c.name = "digits"
   c.dataset.name = "digits"
@@ -21,4 +21,4 @@ def get_config():
                              kd_weight=0.9, target_temperature=1.0)
   c.log_every_steps = 20
   c.checkpoint.every_steps = 200
-  return c
+  return common.apply_variant(c, arg)

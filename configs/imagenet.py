@@ -11,7 +11,7 @@ The teacher is normally a pretrained torchvision checkpoint:
 from configs import common
 
 
-def get_config():
+def get_config(arg=None):
   c = common.get_config()
   c.name = "imagenet"
   c.dataset.name = "imagenet2012"
@@ -27,4 +27,4 @@ def get_config():
                              target_temperature=1.0)
   c.log_every_steps = 200
   c.checkpoint.every_steps = 2000
-  return c
+  return common.apply_variant(c, arg)

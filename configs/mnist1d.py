@@ -7,7 +7,7 @@
 from configs import common
 
 
-def get_config():
+def get_config(arg=None):
   c = common.get_config()
   c.name = "mnist1d"
   c.dataset.name = "mnist1d"
@@ -25,4 +25,4 @@ def get_config():
   c.selection.refresh_epochs = 10
   c.log_every_steps = 50
   c.checkpoint.every_steps = 500
-  return c
+  return common.apply_variant(c, arg)

@@ -4,10 +4,10 @@ cores with no download. Prints the teacher's and the student's test accuracy.
   python -m kd_jax.main --config=configs/quickstart.py --workdir=/tmp/kd_quickstart
 """
 
-from configs import mnist1d
+from configs import common, mnist1d
 
 
-def get_config():
+def get_config(arg=None):
   c = mnist1d.get_config()
   c.name = "quickstart"
-  return c
+  return common.apply_variant(c, arg)

@@ -9,7 +9,7 @@ Every generator option is a field, so the data can be shaped on the command line
 from configs import common
 
 
-def get_config():
+def get_config(arg=None):
   c = common.get_config()
   c.name = "synthetic"
   c.dataset.name = "synthetic"
@@ -25,4 +25,4 @@ def get_config():
                              target_temperature=1.0)
   c.log_every_steps = 50
   c.checkpoint.every_steps = 500
-  return c
+  return common.apply_variant(c, arg)

@@ -11,7 +11,7 @@ from the previous generation's final checkpoint. Runs in a few minutes on 2 CPU 
 from configs import common, synthetic
 
 
-def get_config():
+def get_config(arg=None):
   c = synthetic.get_config()
   c.name = "synthetic_generations"
   c.dataset.options = dict(num_classes=100, num_superclasses=20, correlation=0.5, dim=64,
@@ -29,4 +29,4 @@ def get_config():
   c.eval_test_every_epochs = 0
   c.log_every_steps = 50
   c.checkpoint.every_steps = 0
-  return c
+  return common.apply_variant(c, arg)

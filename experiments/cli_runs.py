@@ -64,7 +64,10 @@ def parse_experiment_args(description: str, default_config: str | None = None,
   parser.add_argument("--workdir", default="", help="runs' folder (default: OUT/runs)")
   parser.add_argument("--extra", default="", help="overrides for every run, key=value;...")
   for name, (default, help_text) in extra_flags.items():
-    parser.add_argument(f"--{name}", default=default, help=help_text)
+    if isinstance(default, list):
+      parser.add_argument(f"--{name}", action="append", default=default, help=help_text)
+    else:
+      parser.add_argument(f"--{name}", default=default, help=help_text)
   args = parser.parse_args()
   os.makedirs(args.out, exist_ok=True)
   return Experiment(args, [int(s) for s in args.seeds.split(",")], parse_overrides(args.extra),

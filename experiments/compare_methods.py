@@ -10,9 +10,11 @@ split selects nothing).
   python experiments/compare_methods.py --config=configs/mnist1d.py --seeds=0,1,2 \
       --variants=ce,kd --out=experiments/results/mnist1d_kd
 
-A variant is `label` or `label:key=value;key=value` with `--config.` keys, e.g.
-`lr_ds_random:student.method.name=lr_ds;selection.criterion=random`; a bare label sets
-`student.method.name=label`. Runs that finished are skipped on rerun (the CLI's own resume).
+A bare variant label trains `--config=CONFIG:method=label`; `--variant LABEL=ARG` (repeatable)
+defines a label by a config argument (configs/common.py VARIANT_KEYS), e.g.
+`--variant lr_ds_random=method=lr_ds,criterion=random`. (The older form `label:key=value;...`
+with `--config.` keys is still read.) Runs that finished are skipped on rerun (the CLI's own
+resume), and every variant trains on the same examples (one config, one holdout).
 """
 
 import json
@@ -22,11 +24,14 @@ import numpy as np
 from cli_runs import mean_std, parse_experiment_args, parse_overrides, run_cli, runner_command
 
 
-def parse_variant(text):
+def parse_variant(text, defined):
+  """(label, config argument, `--config.` overrides) of one entry of --variants."""
   label, _, rest = text.partition(":")
-  overrides = parse_overrides(rest)
-  overrides.setdefault("student.method.name", label)
-  return label, overrides
+  if rest:  # the older `label:key=value;key=value` form
+    overrides = parse_overrides(rest)
+    overrides.setdefault("student.method.name", label)
+    return label, "", overrides
+  return label, defined.get(label, f"method={label}"), {}
 
 
 def _extra_per_seed(runs):
@@ -41,11 +46,13 @@ def _extra_per_seed(runs):
 
 
 def main():
-  experiment = parse_experiment_args(__doc__.splitlines()[0],
-                                     variants=("ce,kd", "comma-separated variants"))
+  experiment = parse_experiment_args(
+      __doc__.splitlines()[0], variants=("ce,kd", "comma-separated variant labels"),
+      variant=([], "LABEL=CONFIG_ARG, repeatable: a label's config argument"))
   args, seeds, extra = experiment.args, experiment.seeds, experiment.extra
   workdir, log_path = experiment.workdir, experiment.log_path
-  variants = [parse_variant(v) for v in args.variants.split(",")]
+  defined = dict(item.split("=", 1) for item in args.variant)
+  variants = [parse_variant(v, defined) for v in args.variants.split(",")]
 
   rows, commands = {}, []
   for seed in seeds:
@@ -57,11 +64,12 @@ def main():
       teacher = json.load(f)["teacher"]
     rows.setdefault("teacher", []).append(teacher)
     print(f"seed {seed} teacher: test {teacher['test_accuracy']:.4f} ({seconds:.0f} s)", flush=True)
-    for label, overrides in variants:
+    for label, config_arg, overrides in variants:
       run_dir = os.path.join(workdir, f"seed{seed}", label)
-      overrides = {**extra, "seed": str(seed), "teacher.checkpoint": os.path.join(teacher_dir, "teacher"),
-                   **overrides}
-      command, seconds = run_cli(args.config, run_dir, overrides, log_path)
+      overrides = {**extra, "seed": str(seed),
+                   "teacher.checkpoint": os.path.join(teacher_dir, "teacher"), **overrides}
+      config = f"{args.config}:{config_arg}" if config_arg else args.config
+      command, seconds = run_cli(config, run_dir, overrides, log_path)
       commands.append(command)
       with open(os.path.join(run_dir, "summary.json")) as f:
         student = json.load(f)["student"]
@@ -78,7 +86,9 @@ def main():
                         per_seed_last_epoch=[r["test_accuracy"] for r in runs],
                         extra_per_seed=_extra_per_seed(runs))
   runner = runner_command("experiments/compare_methods.py")
-  results = dict(config=args.config, seeds=seeds, variants=dict(variants), extra=extra,
+  results = dict(config=args.config, seeds=seeds,
+                 variants={label: dict(config_arg=arg, overrides=overrides)
+                           for label, arg, overrides in variants}, extra=extra,
                  runner=runner, commands=commands, table=table)
   with open(os.path.join(args.out, "results.json"), "w") as f:
     json.dump(results, f, indent=1)

@@ -47,6 +47,16 @@ def test_prepare_rejects_bad_config(overrides, expected):
   assert expected in str(error.value)
 
 
+def test_unprepared_tfds_data_says_how_to_prepare_it(tmp_path):
+  config = trainer_util.tiny_config(dataset__name="cifar100", dataset__data_dir=str(tmp_path))
+  config.dataset.options = {}
+  with pytest.raises(ValueError) as error:
+    pipeline.prepare(config)
+  message = str(error.value)
+  assert "\n" not in message and "is not prepared" in message
+  assert f"tfds build cifar100 --data_dir={tmp_path}" in message
+
+
 def _teacher_run(tmp_path, **overrides):
   config = trainer_util.tiny_config(num_epochs=1, stages="teacher", **overrides)
   pipeline.run(config, str(tmp_path))
@@ -125,7 +135,8 @@ def test_cli_config_with_a_syntax_error_and_garbage_pth(tmp_path):
   garbage.write_bytes(b"not a torch file" * 100)
   result = trainer_util.run_cli(tmp_path / "run", teacher__checkpoint=garbage)
   assert result.returncode == 2
-  assert f"teacher.checkpoint='{garbage}' cannot be read" in _one_error_line(result)
+  line = _one_error_line(result)
+  assert f"teacher.checkpoint='{garbage}' is not allowed: cannot be read" in line
 
 
 def test_cli_help_lists_exit_codes():

@@ -31,7 +31,7 @@ from orbax.checkpoint import checkpoint_managers
 
 from kd_jax.train import parallel, workdir
 
-CHECKPOINTS, CORRUPT = "checkpoints", "corrupt_checkpoints"
+CHECKPOINTS, CORRUPT, SUMMARY = "checkpoints", "corrupt_checkpoints", "summary.json"
 ARRAY_ITEMS = ("variables", "train")
 
 
@@ -168,3 +168,14 @@ def final_variables(run_dir: str, abstract_variables: dict, final_step: int) -> 
     return _verified(manager, final_step, dict(variables=abstract_variables))["variables"]
   finally:
     manager.close()
+
+
+def find_run_dir(path: str) -> str:
+  """The run directory a path names: the run itself, a pipeline workdir holding `teacher/`,
+  or the run's `checkpoints/` directory; ValueError when none holds checkpoints."""
+  for candidate in (path, os.path.join(path, "teacher"), os.path.dirname(path.rstrip("/"))):
+    if os.path.isdir(os.path.join(candidate, CHECKPOINTS)):
+      return candidate
+  raise ValueError(f"teacher.checkpoint={path!r} is not allowed: it holds no kd_jax run "
+                   "(expected a run directory with checkpoints/ and summary.json, a pipeline "
+                   "workdir with teacher/, or a checkpoints/ directory)")

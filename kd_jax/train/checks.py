@@ -8,19 +8,24 @@ loading any model.
 """
 
 import math
+import os
 
 import jax
 
 from kd_jax import methods, models, selection
-from kd_jax.train import teacher as teacher_lib
+from kd_jax.train import checkpoint, workdir
 
 STAGES = ("teacher,student", "teacher", "student")
 SELECTION_MODELS = ("student", "teacher")
 INFLUENCE_TARGETS = ("teacher", "teacher_minus_label")
 
 
-def _fail(field, value, allowed):
+def fail(field, value, allowed):
+  """Raises the one-line error every bad input gets: the field, its value, what is allowed."""
   raise ValueError(f"{field}={value!r} is not allowed: {allowed}")
+
+
+
 
 
 def _is_int(value) -> bool:
@@ -29,12 +34,12 @@ def _is_int(value) -> bool:
 
 def _positive_int(config, field) -> None:
   if not _is_int(config[field]) or config[field] <= 0:
-    _fail(field, config[field], "must be an integer > 0")
+    fail(field, config[field], "must be an integer > 0")
 
 
 def _finite(field, value, allowed, ok) -> None:
   if not (isinstance(value, (int, float)) and math.isfinite(value) and ok(value)):
-    _fail(field, value, allowed)
+    fail(field, value, allowed)
 
 
 def check_stage(config, data) -> None:
@@ -43,21 +48,21 @@ def check_stage(config, data) -> None:
   devices = jax.device_count()
   for field in ("batch_size", "eval_batch_size"):
     if not _is_int(config[field]) or config[field] <= 0 or config[field] % devices:
-      _fail(field, config[field], f"must be a positive multiple of the device count ({devices})")
+      fail(field, config[field], f"must be a positive multiple of the device count ({devices})")
   for field in ("num_epochs", "log_every_steps", "eval_every_epochs"):
     _positive_int(config, field)
   if not _is_int(config.eval_test_every_epochs) or config.eval_test_every_epochs < 0:
-    _fail("eval_test_every_epochs", config.eval_test_every_epochs,
+    fail("eval_test_every_epochs", config.eval_test_every_epochs,
           "must be an integer >= 0 (0: test only at the end)")
   keep, every = config.checkpoint.keep, config.checkpoint.every_steps
   if not (_is_int(keep) and keep >= 1 and _is_int(every) and every >= 0):
-    _fail("checkpoint.keep/every_steps", (keep, every),
+    fail("checkpoint.keep/every_steps", (keep, every),
           "keep >= 1 and every_steps >= 0 (0: only at epoch ends)")
   if info.num_classes < 2:
-    _fail("num_classes", info.num_classes, "must be >= 2 (dataset options)")
+    fail("num_classes", info.num_classes, "must be >= 2 (dataset options)")
   stage = config.stage
   if config.model not in models.names():
-    _fail(f"{stage}.model", config.model, f"must be one of {', '.join(models.names())}")
+    fail(f"{stage}.model", config.model, f"must be one of {', '.join(models.names())}")
   try:
     methods.validate(config.method, info.num_classes)
   except ValueError as error:
@@ -73,9 +78,9 @@ def _check_optim(optim, stage: str) -> None:
   _finite(f"{stage}.learning_rate / optim.learning_rate", optim.learning_rate,
           "must be finite and > 0", lambda v: v > 0)
   if optim.name not in ("sgd", "adamw"):
-    _fail("optim.name", optim.name, "must be 'sgd' or 'adamw'")
+    fail("optim.name", optim.name, "must be 'sgd' or 'adamw'")
   if optim.schedule not in ("step", "cosine"):
-    _fail("optim.schedule", optim.schedule, "must be 'step' or 'cosine'")
+    fail("optim.schedule", optim.schedule, "must be 'step' or 'cosine'")
   for field in ("momentum", "weight_decay", "warmup_epochs"):
     _finite(f"optim.{field}", optim[field], "must be finite and >= 0", lambda v: v >= 0)
   _finite("optim.lr_decay_factor", optim.lr_decay_factor, "must be finite and > 0",
@@ -84,28 +89,28 @@ def _check_optim(optim, stage: str) -> None:
 
 def check_selection(s, has_validation: bool) -> None:
   """The `selection` block of a selecting student."""
-  def fail(field, value, allowed):
-    _fail(f"selection.{field}", value, allowed)
+  def fail_field(field, value, allowed):
+    fail(f"selection.{field}", value, allowed)
   if s.criterion not in selection.CRITERIA:
-    fail("criterion", s.criterion, f"must be one of {selection.CRITERIA}")
+    fail_field("criterion", s.criterion, f"must be one of {selection.CRITERIA}")
   if not 0 < s.ratio <= 1:
-    fail("ratio", s.ratio, "must be in (0, 1]")
+    fail_field("ratio", s.ratio, "must be in (0, 1]")
   if s.hessian not in selection.HESSIANS:
-    fail("hessian", s.hessian, f"must be one of {selection.HESSIANS}")
+    fail_field("hessian", s.hessian, f"must be one of {selection.HESSIANS}")
   if s.influence_target not in INFLUENCE_TARGETS:
-    fail("influence_target", s.influence_target, f"must be one of {INFLUENCE_TARGETS}")
+    fail_field("influence_target", s.influence_target, f"must be one of {INFLUENCE_TARGETS}")
   if s.model not in SELECTION_MODELS:
-    fail("model", s.model, f"must be one of {SELECTION_MODELS}")
+    fail_field("model", s.model, f"must be one of {SELECTION_MODELS}")
   for field in ("refresh_epochs", "warmup_epochs"):
     if not _is_int(s[field]) or s[field] < 0:
-      fail(field, s[field], "must be an integer >= 0")
+      fail_field(field, s[field], "must be an integer >= 0")
   if s.margin_space not in ("prob", "logit"):
-    fail("margin_space", s.margin_space, "must be 'prob' or 'logit'")
+    fail_field("margin_space", s.margin_space, "must be 'prob' or 'logit'")
   for field in ("damping", "l2"):
     if s[field] is not None and not s[field] >= 0:
-      fail(field, s[field], "must be >= 0")
+      fail_field(field, s[field], "must be >= 0")
   if not _is_int(s.histogram_bins) or s.histogram_bins < 1:
-    fail("histogram_bins", s.histogram_bins, "must be an integer >= 1")
+    fail_field("histogram_bins", s.histogram_bins, "must be an integer >= 1")
   if s.criterion == "influence" and not has_validation:
     raise ValueError("selection.criterion='influence' needs a reference set: set "
                      "dataset.holdout > 0 (the test split never selects anything)")
@@ -113,7 +118,7 @@ def check_selection(s, has_validation: bool) -> None:
 
 def check_stages(stages: str) -> None:
   if stages not in STAGES:
-    _fail("stages", stages, f"must be one of {STAGES}")
+    fail("stages", stages, f"must be one of {STAGES}")
 
 
 def check_pipeline(config, data, stage_configs: dict) -> None:
@@ -121,14 +126,14 @@ def check_pipeline(config, data, stage_configs: dict) -> None:
   for stage_config in stage_configs.values():
     check_stage(stage_config, data)
   if "teacher" in stage_configs and methods.needs_teacher(stage_configs["teacher"].method.name):
-    _fail("teacher.method.name", config.teacher.method.name,
+    fail("teacher.method.name", config.teacher.method.name,
           f"a teacher trained from labels uses one of {', '.join(methods.TEACHER_FREE)}")
   if config.teacher.checkpoint:
-    teacher_lib.check_compatible(config.teacher.checkpoint, config.teacher.model, data.info)
+    check_teacher_checkpoint(config.teacher.checkpoint, config.teacher.model, data.info)
   student = stage_configs.get("student")
   if (student is not None and methods.needs_teacher(student.method.name)
       and "teacher" not in stage_configs and not config.teacher.checkpoint):
-    _fail("stages", config.stages, f"student.method.name={student.method.name!r} needs a "
+    fail("stages", config.stages, f"student.method.name={student.method.name!r} needs a "
           "teacher: add the teacher stage or set teacher.checkpoint")
 
 
@@ -136,22 +141,47 @@ def check_generations(config, num_classes: int) -> None:
   """The `generations` block of a generations run (before its stage configs are built)."""
   g = config.generations
   if not _is_int(g.num) or g.num < 1:
-    _fail("generations.num", g.num, "must be an integer >= 1 (0 disables generations)")
+    fail("generations.num", g.num, "must be an integer >= 1 (0 disables generations)")
   if config.teacher.checkpoint:
-    _fail("teacher.checkpoint", config.teacher.checkpoint,
+    fail("teacher.checkpoint", config.teacher.checkpoint,
           "must be '' in a generations run: the patriarch (generation 0) is trained here")
   if config.student.model != config.teacher.model:
-    _fail("student.model", config.student.model,
+    fail("student.model", config.student.model,
           f"must equal teacher.model={config.teacher.model!r}: generations share one "
           "architecture")
   if g.num > 1 and not methods.needs_teacher(config.student.method.name):
-    _fail("student.method.name", config.student.method.name,
+    fail("student.method.name", config.student.method.name,
           "must learn from a teacher (kd, lr, ...) in generations 1..G-1")
   weights = tuple(g.ce_weights or ())
   if weights and (len(weights) != g.num - 1 or not all(0 <= w <= 1 for w in weights)):
-    _fail("generations.ce_weights", weights,
+    fail("generations.ce_weights", weights,
           f"must be empty or {g.num - 1} values in [0, 1] (lambda of generations 1..G-1)")
   if not 0 <= g.ensemble_first < g.num:
-    _fail("generations.ensemble_first", g.ensemble_first, f"must lie in [0, {g.num - 1}]")
+    fail("generations.ensemble_first", g.ensemble_first, f"must lie in [0, {g.num - 1}]")
   if not 1 <= g.num_secondary < num_classes:
-    _fail("generations.num_secondary", g.num_secondary, f"must lie in [1, {num_classes - 1}]")
+    fail("generations.num_secondary", g.num_secondary, f"must lie in [1, {num_classes - 1}]")
+
+
+def check_teacher_checkpoint(path: str, model_name: str, info) -> None:
+  """`teacher.checkpoint` must be a .pth or a FINISHED kd_jax run (summary.json: not killed,
+  not diverged) of the same dataset, class count and input shape; reads JSON only."""
+  field = "teacher.checkpoint"
+  if not os.path.exists(path):
+    fail(field, path, "does not exist: name a finished kd_jax run directory or a .pth file")
+  if not os.path.isdir(path):
+    if model_name not in models.names():
+      fail("teacher.model", model_name, f"must be one of {', '.join(models.names())}")
+    return
+  run_dir = checkpoint.find_run_dir(path)
+  summary_path = os.path.join(run_dir, checkpoint.SUMMARY)
+  if not os.path.exists(summary_path):
+    fail(field, path, f"is not a finished run ({summary_path} is missing: it was interrupted "
+         "or diverged); finish it by rerunning its command, or train another teacher")
+  summary = workdir.read_json(summary_path)
+  expected = dict(dataset=info.name, num_classes=info.num_classes,
+                  input_shape=list(info.input_shape))
+  for key, value in expected.items():
+    if key in summary and summary[key] != value:
+      fail(field, path, f"was trained with {key}={summary[key]!r}; this run's is {value!r}")
+  if summary.get("model") not in (None, model_name):
+    fail("teacher.model", model_name, f"must be {summary['model']!r}, the model of {run_dir}")
