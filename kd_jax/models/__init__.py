@@ -10,14 +10,17 @@ signals [B, L, 1], vectors [B, D]. `model.apply(variables, x, train=False)` give
 import importlib
 import pkgutil
 
-from kd_jax.models.registry import ModelInfo, create, info, names, register
-from kd_jax.models.torch_import import convert_state_dict, load_torch_checkpoint
+from kd_jax._extras import requires
 
-_NOT_MODEL_FILES = ("layers", "registry", "torch_import")
+with requires("train", "kd_jax.models"):  # Flax: a missing extra is named in the error
+  from kd_jax.models.registry import ModelInfo, create, info, names, register
+  from kd_jax.models.torch_import import convert_state_dict, load_torch_checkpoint
 
-for _module in pkgutil.iter_modules(__path__):
-  if _module.name not in _NOT_MODEL_FILES:
-    importlib.import_module(f"{__name__}.{_module.name}")
+  _NOT_MODEL_FILES = ("layers", "registry", "torch_import")
+
+  for _module in pkgutil.iter_modules(__path__):
+    if _module.name not in _NOT_MODEL_FILES:
+      importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["ModelInfo", "convert_state_dict", "create", "info", "load_torch_checkpoint", "names",
            "register"]

@@ -1,0 +1,72 @@
+"""The notebooks (notebooks/*.ipynb) run top to bottom and are committed without outputs.
+
+Each notebook is executed by a Jupyter kernel (nbclient, the `notebooks` extra) from the
+repository root with KD_JAX_SMALL=1: offline data, tiny sizes and steps, CPU. XLA's backend
+optimisation is turned off for these runs: the models are tiny, so compiling dominates
+and unoptimised code compiles several times faster.
+"""
+
+import glob
+import json
+import os
+import time
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NOTEBOOKS = sorted(glob.glob(os.path.join(REPO, "notebooks", "*.ipynb")))
+NAMES = [os.path.basename(path) for path in NOTEBOOKS]
+
+
+def _load(path):
+  with open(path) as f:
+    return json.load(f)
+
+
+def test_the_notebooks_are_there():
+  assert set(NAMES) >= {"losses_in_your_code.ipynb", "cifar100_colab_tpu.ipynb",
+                        "reproductions.ipynb"}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=NAMES)
+def test_committed_without_outputs(path):
+  for index, cell in enumerate(_load(path)["cells"]):
+    if cell["cell_type"] == "code":
+      assert cell["outputs"] == [], f"cell {index} has outputs: clear them before committing"
+      assert cell["execution_count"] is None, f"cell {index} has an execution count"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=NAMES)
+def test_every_code_cell_is_explained(path):
+  cells = _load(path)["cells"]
+  assert cells[0]["cell_type"] == "markdown"
+  for index, cell in enumerate(cells):
+    if cell["cell_type"] == "code":
+      assert cells[index - 1]["cell_type"] == "markdown", (
+          f"code cell {index} has no markdown cell before it saying what it does")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=NAMES)
+def test_notebook_runs_top_to_bottom(path, monkeypatch):
+  if os.environ.get("CI"):  # CI installs the notebooks extra: a missing one is an error
+    import nbclient  # pylint: disable=g-import-not-at-top
+    import nbformat  # pylint: disable=g-import-not-at-top
+  else:
+    nbclient = pytest.importorskip("nbclient", reason="needs the notebooks extra")
+    nbformat = pytest.importorskip("nbformat", reason="needs the notebooks extra")
+  monkeypatch.setenv("KD_JAX_SMALL", "1")
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+  monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+      p for p in (REPO, os.environ.get("PYTHONPATH")) if p))
+  monkeypatch.setenv("XLA_FLAGS", " ".join(
+      f for f in (os.environ.get("XLA_FLAGS"), "--xla_backend_optimization_level=0") if f))
+  monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel's inline backend draws PNGs
+  notebook = nbformat.read(path, as_version=4)
+  client = nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
+                                   resources={"metadata": {"path": REPO}})
+  start = time.monotonic()
+  client.execute()
+  print(f"{os.path.basename(path)}: {time.monotonic() - start:.1f} s")
+  outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+  assert not [o for o in outputs if o.output_type == "error"]
+  assert any("image/png" in o.get("data", {}) for o in outputs), "no plot was drawn"
