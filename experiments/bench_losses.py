@@ -134,6 +134,9 @@ def torch_objective(config, student, labels, teacher, similarity, epoch):
     return ce
   if name == "ls":  # torch's label_smoothing spreads eps over all C classes ("all")
     return F.cross_entropy(student, labels, label_smoothing=config.label_smoothing)
+  if name == "cp":  # confidence penalty: CE - beta * H(p)
+    log_p = F.log_softmax(student, dim=1)
+    return ce + config.cp_beta * (log_p.exp() * log_p).sum(1).mean()
   if name == "tsd":
     probs = F.softmax(student, dim=1)
     _, order = probs.detach().topk(config.tsd_num_secondary + 1, dim=1)
@@ -141,6 +144,8 @@ def torch_objective(config, student, labels, teacher, similarity, epoch):
     tsd = ranked[:, 0] - ranked[:, 1:].mean(1)
     return ce + config.tsd_eta * min(1.0, epoch / config.tsd_warmup_epochs) * tsd.mean()
 
+  if name in ("kd_pt", "kd_sim", "kd_pt_sim", "kd_topk"):  # Tang's targets: their own T
+    temperature = config.target_temperature
   q = F.softmax(teacher / temperature, dim=1)
   one_hot = F.one_hot(labels, num_classes).to(student.dtype)
   if name in ("lr", "dkd_lr"):  # label revision
@@ -170,10 +175,12 @@ def torch_objective(config, student, labels, teacher, similarity, epoch):
     target = torch.where(kept, q, rest)
   else:
     raise ValueError(f"no torch version of method {name!r}")
-  # RepDistiller's DistillKL: kl_div(log p_s, target, sum) * T^2 / B.
-  kl = (F.kl_div(F.log_softmax(student / temperature, dim=1), target, reduction="sum")
-        * temperature**2 / batch)
-  return config.ce_weight * ce + config.kd_weight * kl
+  if name not in ("kd", "lr") and temperature == 1.0:  # Tang's H(target, p_s) at T = 1
+    term = -(target * F.log_softmax(student, dim=1)).sum(1).mean()
+  else:  # RepDistiller's DistillKL: kl_div(log p_s, target, sum) * T^2 / B.
+    term = (F.kl_div(F.log_softmax(student / temperature, dim=1), target, reduction="sum")
+            * temperature**2 / batch)
+  return config.ce_weight * ce + config.kd_weight * term
 
 
 def torch_arguments(data: dict, device: str) -> tuple:

@@ -19,11 +19,14 @@ Exit codes:
 
 import sys
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from kd_jax._extras import requires
 
-from kd_jax import pipeline
-from kd_jax.train import loop, parallel
+with requires("train", "python -m kd_jax.main"):
+  from absl import app, flags, logging
+  from ml_collections import config_flags
+
+  from kd_jax import pipeline
+  from kd_jax.train import loop, parallel
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to an ml_collections config file (configs/*.py), optionally "
