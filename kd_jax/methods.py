@@ -104,7 +104,7 @@ from kd_jax import losses, targets
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """Every method hyper-parameter, with the defaults documented in SPEC.md."""
+  """Every method hyper-parameter and its default (each documented in this module)."""
   return ml_collections.ConfigDict(dict(
       name="kd",
       temperature=4.0,        # KD temperature T (RepDistiller/mdistiller CIFAR protocol)

@@ -15,7 +15,7 @@ Invalid inputs follow `kd_jax.losses` (its module docstring):
   eagerly; traced ones outside their range make the whole output NaN. `k` and `spread` are
   static.
 
-Methods (SPEC.md): label smoothing (`smooth`), Label Revision of Lan et al. (`revise`), and the
+Methods: label smoothing (`smooth`), Label Revision of Lan et al. (`revise`), and the
 partial-knowledge variants of Tang et al.: KD-pt (`pt`), KD-sim (`class_similarity` +
 `sim`), KD-pt+sim (`pt_sim`) and KD-topk (`topk`).
 

@@ -1,6 +1,7 @@
 """Bad input fails fast with one line naming the field, its value and what is allowed (exit
 2); the workdir guards (fingerprint, lock) and teacher acceptance; progress on stdout."""
 
+import errno
 import fcntl
 import os
 import shutil
@@ -17,6 +18,7 @@ from kd_jax import models, pipeline
 from kd_jax.train import checkpoint as ckpt_lib
 from kd_jax.train import loop, step
 from kd_jax.train import state as state_lib
+from kd_jax.train import workdir as workdir_lib
 
 
 @pytest.mark.parametrize("overrides, expected", [
@@ -152,6 +154,14 @@ def test_cli_workdir_that_cannot_be_written(tmp_path):
   assert result.returncode == 2 and "cannot be written" in _one_error_line(result)
 
 
+def test_full_disk_is_named(tmp_path, monkeypatch):
+  def full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+  monkeypatch.setattr("builtins.open", full)
+  with pytest.raises(workdir_lib.WorkdirError, match="summary.json: the disk is full"):
+    workdir_lib.write_json(str(tmp_path / "summary.json"), {})
+
+
 def test_cli_batch_not_divisible_by_devices(tmp_path):
   result = trainer_util.run_cli(tmp_path, num_devices=4, batch_size=30)
   assert result.returncode == 2
@@ -196,24 +206,41 @@ def test_second_process_on_a_workdir_stops_at_once(tmp_path):
   assert not (tmp_path / "teacher").exists()
 
 
-def test_flipped_bit_in_checkpoint_data_is_caught_by_the_checksum(tmp_path, capsys):
-  config = trainer_util.tiny_config(stages="teacher")
-  reference = pipeline.run(config, str(tmp_path))["teacher"]
-  os.remove(tmp_path / "teacher" / "summary.json")
-  steps = sorted(int(s) for s in os.listdir(tmp_path / "teacher" / "checkpoints"))
-  data_dir = tmp_path / "teacher" / "checkpoints" / str(steps[-1]) / "variables"
-  files = [os.path.join(root, f) for root, _, names in os.walk(data_dir) for f in names]
+def _garbage_files(step_dir):
+  for root, _, names in os.walk(step_dir):
+    for name in names:
+      with open(os.path.join(root, name), "wb") as f:
+        f.write(b"garbage")
+
+
+def _one_flipped_bit(step_dir):
+  files = [os.path.join(root, f) for root, _, names in os.walk(step_dir / "variables")
+           for f in names]
   largest = max(files, key=os.path.getsize)  # the weights' raw bytes
   with open(largest, "r+b") as f:
     f.seek(os.path.getsize(largest) // 2)
     byte = f.read(1)[0]
     f.seek(-1, os.SEEK_CUR)
-    f.write(bytes([byte ^ 0x40]))  # one exponent bit of one weight
+    f.write(bytes([byte ^ 0x40]))  # one exponent bit of one weight: reads back, wrongly
+
+
+@pytest.mark.parametrize("damage, message", [
+    (_garbage_files, " is unreadable"),
+    (_one_flipped_bit, ": item 'variables' does not match its stored checksum"),
+])
+def test_damaged_newest_checkpoint_is_moved_aside_and_the_previous_used(tmp_path, capsys,
+                                                                         damage, message):
+  config = trainer_util.tiny_config(stages="teacher")
+  reference = pipeline.run(config, str(tmp_path))["teacher"]
+  os.remove(tmp_path / "teacher" / "summary.json")  # as if interrupted after the last save
+  steps = sorted(int(s) for s in os.listdir(tmp_path / "teacher" / "checkpoints"))
+  damage(tmp_path / "teacher" / "checkpoints" / str(steps[-1]))
   capsys.readouterr()
   resumed = pipeline.run(config, str(tmp_path))["teacher"]
   out = capsys.readouterr().out
-  assert f"{steps[-1]}: item 'variables' does not match its stored checksum" in out
+  assert f"checkpoints/{steps[-1]}{message}" in out
   assert f"resumes at step {steps[-2]}" in out
+  assert os.listdir(tmp_path / "teacher" / "corrupt_checkpoints") == [str(steps[-1])]
   assert trainer_util.comparable(resumed) == trainer_util.comparable(reference)
 
 
