@@ -114,7 +114,8 @@ def train(config, workdir: str, *, teacher=None, data: splits.Data | None = None
       teacher_fn = state_lib.teacher_forward(teacher.model)
       if methods.needs_class_similarity(method.name):
         kernel = teacher.variables["params"]["classifier"]["kernel"]
-        class_similarity = targets.class_similarity(kernel, float(method.sim_temperature))
+        class_similarity = jax.jit(targets.class_similarity, static_argnums=1)(
+            kernel, float(method.sim_temperature))
     if methods.selects(method):
       selector = selection_rounds.make_selector(config, teacher, data, mesh, model, seed)
       selected = np.zeros(len(data.train), bool)  # until round 0: CE only (the warm-up)
