@@ -70,6 +70,20 @@ def make_variables(params, batch_stats) -> dict:
   return variables
 
 
+# `compute_dtype` (configs/common.py) -> the models' `dtype` field: the dtype of activations
+# and matmul/conv inputs. Parameters, optimizer state and BatchNorm statistics stay float32
+# (Flax's `param_dtype`, float32 BN statistics), and the step casts logits to float32
+# before any loss.
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def with_compute_dtype(model: nn.Module, compute_dtype: str) -> nn.Module:
+  """`model` computing in `compute_dtype` ("float32" returns `model` itself)."""
+  if compute_dtype == "float32":
+    return model
+  return model.clone(dtype=COMPUTE_DTYPES[compute_dtype])
+
+
 def teacher_forward(model: nn.Module) -> TeacherFn:
   """`teacher_fn` running `model` in eval mode on `batch["image"]` (float32 logits)."""
   def forward(variables, batch):
