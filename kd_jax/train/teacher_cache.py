@@ -17,7 +17,8 @@ variables), the dataset (name, generation seed, options, holdout size and seed: 
 which example index i names; not `data_dir`), the augmentation family, the data-order seed
 (only with augmentation: without it a view depends on neither the epoch nor the order),
 the global batch size and the compute dtype (the forward's numerics: same shapes, same
-bits), the storage format, N and C. A changed field is another key, hence another directory:
+bits; for the exact float32 format also the backend and device count), the storage
+format, N and C. A changed field is another key, hence another directory:
 never a silent reuse.
 
 Layout under `teacher_cache.dir`:
@@ -51,6 +52,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kd_jax import methods
 from kd_jax.train import checkpoint as ckpt_lib
 from kd_jax.train import parallel
 
@@ -63,7 +65,6 @@ _FETCH_EVERY = 16  # batches dispatched before one device-to-host fetch (bounds 
 def enabled(config, teacher) -> bool:
   """Whether this stage reads its teacher from the cache: a directory is set, there is a
   teacher and the method uses it (teacher-free methods never touch the cache)."""
-  from kd_jax import methods  # pylint: disable=g-import-not-at-top  (keeps this module light)
   return bool(config.teacher_cache.dir) and teacher is not None and methods.needs_teacher(
       config.method.name)
 
@@ -83,7 +84,7 @@ def teacher_fingerprint(config, teacher) -> dict | None:
 def key_fields(config, teacher_fp: dict, info, num_examples: int, loader_seed: int) -> dict:
   """Everything the cached logits depend on (see the module docstring)."""
   d = config.dataset
-  return dict(
+  fields = dict(
       version=_VERSION, teacher=teacher_fp,
       dataset=dict(name=d.name, seed=d.seed, holdout=d.holdout, holdout_seed=d.holdout_seed,
                    options=dict(d.options) if d.get("options") else {}),
@@ -92,6 +93,10 @@ def key_fields(config, teacher_fp: dict, info, num_examples: int, loader_seed: i
       batch_size=int(config.batch_size), compute_dtype=config.compute_dtype,
       format=config.teacher_cache.format, num_examples=int(num_examples),
       num_classes=int(info.num_classes))
+  if fields["format"] == EXACT_FORMAT:
+    # Bit-identity with the live step also needs the same per-device shapes and kernels.
+    fields.update(backend=jax.default_backend(), devices=jax.device_count())
+  return fields
 
 
 def cache_key(fields: dict) -> str:
@@ -186,20 +191,32 @@ class TeacherCache:
       return None
     return logits
 
-  def save(self, epoch: int, logits: np.ndarray) -> None:
-    """Writes `logits` (already in the format's dtype) atomically (primary process)."""
+  def save(self, epoch: int, logits: np.ndarray) -> bool:
+    """Writes `logits` (already in the format's dtype) atomically (primary process).
+
+    A failed write (disk full, directory removed) is reported and returns False: this run
+    goes on with the logits it holds, and a later run computes them again.
+    """
+    written = True
     if parallel.is_primary():
       directory = os.path.join(self.directory, self.key)
-      os.makedirs(directory, exist_ok=True)
-      key_json = os.path.join(directory, "key.json")
-      if not os.path.exists(key_json):
-        _atomic(key_json, lambda tmp: _write_text(tmp, json.dumps(self.fields, indent=2,
-                                                                  sort_keys=True, default=str)))
       meta = dict(key=self.key, epoch=self._epoch(epoch), format=self.fields["format"],
                   shape=list(logits.shape), crc32=ckpt_lib.tree_checksum(logits))
-      _atomic(self.path(epoch), lambda tmp: np.savez(tmp, logits=logits,
-                                                     meta=np.array(json.dumps(meta))))
+      try:
+        os.makedirs(directory, exist_ok=True)
+        key_json = os.path.join(directory, "key.json")
+        if not os.path.exists(key_json):
+          _atomic(key_json, lambda tmp: _write_text(tmp, json.dumps(
+              self.fields, indent=2, sort_keys=True, default=str)))
+        _atomic(self.path(epoch), lambda tmp: np.savez(tmp, logits=logits,
+                                                       meta=np.array(json.dumps(meta))))
+      except OSError as error:
+        print(f"kd_jax: warning: teacher cache {self.path(epoch)} could not be written "
+              f"({error.strerror or error}); this run uses the logits it computed",
+              flush=True)
+        written = False
     parallel.sync(f"teacher_cache_{epoch}")
+    return written
 
   def table(self, epoch: int) -> np.ndarray:
     """Host `[N, C]` table of `epoch` in the format's dtype: read, or computed and written."""
@@ -214,10 +231,10 @@ class TeacherCache:
       if not np.all(np.isfinite(logits)):
         raise ValueError(f"teacher logits of magnitude up to {np.abs(full).max():.3g} overflow "
                          f"teacher_cache.format={self.fields['format']!r}; use 'float32'")
-      self.save(epoch, logits)
       self.computed.append(self._epoch(epoch))
-      print(f"kd_jax: teacher cache {self.path(epoch)} written ({time.time() - start:.1f} s "
-            "of teacher forward passes)", flush=True)
+      if self.save(epoch, logits):
+        print(f"kd_jax: teacher cache {self.path(epoch)} written ({time.time() - start:.1f} s "
+              "of teacher forward passes)", flush=True)
     else:
       self.read.append(self._epoch(epoch))
     return logits
@@ -278,9 +295,14 @@ def precompute(config, teacher, data, mesh=None, epochs=None) -> TeacherCache:
 
 
 def _atomic(path: str, write) -> None:
+  """`write(tmp)` then rename to `path`; the temporary file is removed if anything fails."""
   tmp = f"{path}.tmp{os.getpid()}.npz" if path.endswith(".npz") else f"{path}.tmp{os.getpid()}"
-  write(tmp)
-  os.replace(tmp, path)
+  try:
+    write(tmp)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
 
 
 def _write_text(path: str, text: str) -> None:
