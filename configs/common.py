@@ -137,6 +137,21 @@ def get_config() -> ml_collections.ConfigDict:
       num_secondary=5,   # K of the secondary_in_superclass metric
   ))
 
+  # Mixed precision: the models' compute dtype (activations, conv/matmul inputs) of teacher
+  # and student, "float32" or "bfloat16". Parameters, optimizer state, BatchNorm statistics
+  # and every loss stay float32. bfloat16 pays on GPUs/TPUs; on CPUs it is usually slower.
+  c.compute_dtype = "float32"
+  # Teacher-output cache (kd_jax/train/teacher_cache.py): the teacher's logits per (epoch,
+  # example) of the data order, computed by the first run that needs them and read by every
+  # run with the same teacher, data, augmentation, order seed, batch size and compute dtype,
+  # so a sweep of methods runs its teacher once per seed. Data selection rounds still run
+  # the live teacher.
+  c.teacher_cache = ml_collections.ConfigDict(dict(
+      dir="",            # cache directory shared by the runs of a sweep; '' = no cache
+      format="float16",  # "float16" (half the disk; fingerprint records it) or "float32"
+                         # (the exact logits: bit-identical to the live teacher)
+  ))
+
   c.log_every_steps = 100           # train metrics to metrics.jsonl, TensorBoard and stdout
   c.eval_every_epochs = 1           # validation (held-out slice) accuracy -> best checkpoint
   c.eval_test_every_epochs = 1      # test metrics for the curves (0: only at the end)

@@ -3,7 +3,8 @@
   PYTHONPATH=. python experiments/bench_step.py [--pairs resnet32x4:resnet8x4,wrn_40_2:wrn_16_2]
       [--batch-sizes 64,256] [--steps 10] [--rounds 3] [--dtype float32|bfloat16]
       [--device auto|cpu|gpu] [--threads N] [--torch-compile on|off]
-      [--torch-compile-timeout S] [--quick]
+      [--torch-compile-timeout S] [--teacher-outputs live,cache] [--cache-examples N]
+      [--quick]
 
 The defaults are sized for a GPU; on a CPU use few steps, e.g. `--batch-sizes 64 --steps 1
 --rounds 3 --torch-compile off` (one resnet32x4 step at batch 64 is several seconds on a core,
@@ -20,6 +21,10 @@ inputs (32x32x3, 100 classes); the same batch every step.
                  optax `add_decayed_weights + sgd`; one `jax.jit` with the student state
                  donated; the teacher variables and the batch are ARGUMENTS (closed over as
                  constants, XLA would fold the teacher forward away).
+  kd_jax cached  the same step with the teacher's logits looked up instead of computed: the
+                 trainer's teacher-output cache (`kd_jax.train.teacher_cache.lookup`) on a
+                 float16 table [--cache-examples, C] indexed by the batch's example indices
+                 (what a sweep's later runs do; the live step is the first run's cost).
   torch          the same networks (`tests/torch_reference.py`, RepDistiller's layer names),
                  RepDistiller's DistillKL, `torch.optim.SGD`, eager.
   torch.compile  `torch.compile` of the forward + objective (backward through AOTAutograd,
@@ -30,6 +35,8 @@ Both start from the same weights (the torch models' weights imported with
 `kd_jax.models.convert_state_dict`; the teacher randomised with non-trivial BN statistics),
 and the first two steps' losses are compared before timing (relative error <= 1e-3 in
 float32 on CPU, 3e-2 in bfloat16 or on a GPU, where convolutions may use TF32).
+The cached step's losses are compared to torch's too (the table rows of the batch hold the
+live teacher's logits, rounded to float16: tolerance 2e-3 more).
 `--dtype bfloat16`: kd_jax modules compute in bfloat16 with float32 parameters (flax
 `dtype`), torch runs under `torch.autocast(bfloat16)`; the objective is float32 in both.
 
@@ -45,6 +52,7 @@ Output: one JSON line per case, then a markdown table.
 """
 
 import argparse
+import functools
 import time
 import warnings
 
@@ -57,6 +65,7 @@ import torch
 from torch.nn import functional as F
 
 from kd_jax import methods, models
+from kd_jax.train import teacher_cache
 from tests import torch_reference
 
 NUM_CLASSES = 100
@@ -76,11 +85,22 @@ def kd_method_config():
 # ---------------------------------------------------------------------------- kd_jax side
 
 
-def make_jax_step(teacher, student, tx, method_config):
-  """`train_step(state, teacher_variables, images, labels) -> (state, loss)`, unjitted."""
-  def train_step(state, teacher_variables, images, labels):
-    teacher_logits = jax.lax.stop_gradient(
-        teacher.apply(teacher_variables, images, train=False).astype(jnp.float32))
+def live_teacher(teacher, teacher_variables, images, index):
+  del index
+  return teacher.apply(teacher_variables, images, train=False).astype(jnp.float32)
+
+
+def cached_teacher(table, images, index):
+  """The trainer's lookup: float16 `table [N, C]` at the batch's example indices."""
+  del images
+  return teacher_cache.lookup(table, {"index": index})
+
+
+def make_jax_step(teacher_fn, student, tx, method_config):
+  """`train_step(state, teacher_variables, images, labels, index) -> (state, loss)`, unjitted;
+  `teacher_fn(teacher_variables, images, index) -> float32 logits` (live or a lookup)."""
+  def train_step(state, teacher_variables, images, labels, index):
+    teacher_logits = jax.lax.stop_gradient(teacher_fn(teacher_variables, images, index))
 
     def loss_fn(params):
       logits, updates = student.apply({"params": params, "batch_stats": state["batch_stats"]},
@@ -169,13 +189,25 @@ def run_case(teacher_name, student_name, batch, args, torch_device) -> dict:
   teacher = models.create(teacher_name, NUM_CLASSES, dtype=jax_dtype)
   student = models.create(student_name, NUM_CLASSES, dtype=jax_dtype)
   tx = sgd()
-  step = jax.jit(make_jax_step(teacher, student, tx, kd_method_config()), donate_argnums=0)
+  step = jax.jit(make_jax_step(functools.partial(live_teacher, teacher), student, tx,
+                               kd_method_config()), donate_argnums=0)
   state = dict(params=student_vars["params"], batch_stats=student_vars["batch_stats"],
                opt_state=tx.init(student_vars["params"]))
-  state, teacher_vars, x, y = jax.device_put((state, teacher_vars, images, labels))
+  # Distinct example indices of the batch in a table of --cache-examples rows, whose batch
+  # rows hold the live teacher's logits (float16, as the cache stores them).
+  index = rng.choice(args.cache_examples, batch, replace=False).astype(np.int32)
+  cached = "cache" in args.teacher_outputs.split(",")
+  if cached:
+    table = rng.normal(size=(args.cache_examples, NUM_CLASSES)).astype(np.float16)
+    table[index] = np.asarray(jax.jit(teacher.apply)(teacher_vars, images)).astype(np.float16)
+    cached_step = jax.jit(make_jax_step(cached_teacher, student, tx, kd_method_config()),
+                          donate_argnums=0)
+    # Its own copy of the initial state: each step donates (deletes) the state it is given.
+    cached_state, table = jax.tree.map(jnp.copy, jax.device_put(state)), jax.device_put(table)
+  state, teacher_vars, x, y, idx = jax.device_put((state, teacher_vars, images, labels, index))
 
   start = time.perf_counter()
-  lowered = step.lower(state, teacher_vars, x, y)
+  lowered = step.lower(state, teacher_vars, x, y, idx)
   lower_s = time.perf_counter() - start
   start = time.perf_counter()
   compiled = lowered.compile()
@@ -191,15 +223,22 @@ def run_case(teacher_name, student_name, batch, args, torch_device) -> dict:
   # Agreement: the first two steps' losses (the second checks the update too).
   jax_losses, torch_losses = [], []
   start = time.perf_counter()
+  cached_losses = []
   for i in range(2):
-    state, loss = step(state, teacher_vars, x, y)
+    state, loss = step(state, teacher_vars, x, y, idx)
     jax_losses.append(float(loss))
     if i == 0:
       first_call_s = time.perf_counter() - start
+    if cached:
+      cached_state, loss = cached_step(cached_state, table, x, y, idx)
+      cached_losses.append(float(loss))
     torch_losses.append(float(eager(x_t, y_t).detach()))
   tolerance = 1e-3 if args.dtype == "float32" and torch_device == "cpu" else 3e-2
   errors = [abs(j - t) / abs(t) for j, t in zip(jax_losses, torch_losses)]
   agree = bool(all(e <= tolerance for e in errors) and np.all(np.isfinite(jax_losses)))
+  cached_errors = [abs(j - t) / abs(t) for j, t in zip(cached_losses, torch_losses)]
+  agree = agree and bool(all(e <= tolerance + 2e-3 for e in cached_errors)
+                         and np.all(np.isfinite(cached_losses)))
 
   implementations = {"kd_jax": None, "torch": eager}
   compile_status = "off"
@@ -222,8 +261,16 @@ def run_case(teacher_name, student_name, batch, args, torch_device) -> dict:
     nonlocal state
     start = time.perf_counter()
     for _ in range(args.steps):
-      state, loss = step(state, teacher_vars, x, y)
+      state, loss = step(state, teacher_vars, x, y, idx)
     jax.block_until_ready((state, loss))
+    return args.steps * batch / (time.perf_counter() - start)
+
+  def jax_cached_block():
+    nonlocal cached_state
+    start = time.perf_counter()
+    for _ in range(args.steps):
+      cached_state, loss = cached_step(cached_state, table, x, y, idx)
+    jax.block_until_ready((cached_state, loss))
     return args.steps * batch / (time.perf_counter() - start)
 
   def torch_block(run):
@@ -238,6 +285,8 @@ def run_case(teacher_name, student_name, batch, args, torch_device) -> dict:
 
   # Already warm: the agreement steps ran kd_jax and torch eager twice, torch.compile once.
   blocks = {"kd_jax": jax_block}
+  if cached:
+    blocks["kd_jax cached"] = jax_cached_block
   blocks.update({name: torch_block(run) for name, run in implementations.items() if run})
   rounds = common.alternate(blocks, args.rounds)
   rate = {name: common.median(values) for name, values in rounds.items()}
@@ -249,6 +298,14 @@ def run_case(teacher_name, student_name, batch, args, torch_device) -> dict:
                 jax_images_per_s=round(rate["kd_jax"], 1),
                 torch_images_per_s=round(rate["torch"], 1),
                 jax_over_torch=round(rate["kd_jax"] / rate["torch"], 2),
+                jax_cached_images_per_s=(round(rate["kd_jax cached"], 1) if cached else None),
+                jax_cached_over_torch=(round(rate["kd_jax cached"] / rate["torch"], 2)
+                                       if cached else None),
+                jax_cached_over_live=(round(rate["kd_jax cached"] / rate["kd_jax"], 2)
+                                      if cached else None),
+                jax_cached_cache_size=cached_step._cache_size() if cached else None,
+                cached_losses=cached_losses,
+                cached_loss_rel_err=[float(f"{e:.2e}") for e in cached_errors],
                 torch_compile=compile_status,
                 torch_compile_images_per_s=(round(rate["torch.compile"], 1)
                                             if "torch.compile" in rate else None),
@@ -283,10 +340,16 @@ def main(argv=None):
                       help="also time torch.compile (default: on, off with --quick)")
   parser.add_argument("--torch-compile-timeout", type=float, default=900,
                       help="seconds allowed for torch.compile's first step, else 'failed'")
+  parser.add_argument("--teacher-outputs", default="live,cache",
+                      help="'live' (the forward pass; always timed) or 'live,cache' (also the "
+                      "step with the teacher's logits looked up from a table)")
+  parser.add_argument("--cache-examples", type=int, default=50_000,
+                      help="rows of the cached-teacher table (CIFAR's training set: 50000)")
   parser.add_argument("--quick", action="store_true", help="tiny sizes, for the smoke test")
   args = parser.parse_args(argv)
   if args.quick:
     args.pairs, args.batch_sizes, args.steps, args.rounds = "resnet8:resnet8", "4", 2, 2
+    args.cache_examples = 64
   if args.torch_compile is None:
     args.torch_compile = "off" if args.quick else "on"
   # CPU XLA cannot always reuse donated buffers; the warning says nothing about speed here.
@@ -308,7 +371,8 @@ def main(argv=None):
     return "-" if value is None else f"{value:.2f}x"
 
   rows = [[r["pair"], r["batch"], r["dtype"], r["jax_images_per_s"], r["torch_images_per_s"],
-           ratio(r["jax_over_torch"]),
+           ratio(r["jax_over_torch"]), r["jax_cached_images_per_s"] or "-",
+           ratio(r["jax_cached_over_torch"]),
            r["torch_compile_images_per_s"] or r["torch_compile"],
            ratio(r["jax_over_torch_compile"]),
            f"{r['jax_trace_lower_s']:.1f} + {r['jax_compile_s']:.1f}", r["jax_cache_size"],
@@ -319,6 +383,7 @@ def main(argv=None):
         f"images/s of {args.rounds} alternating rounds of {args.steps} steps")
   print(common.markdown_table(
       ["teacher->student", "B", "dtype", "kd_jax img/s", "torch img/s", "kd_jax/torch",
+       "kd_jax cached-teacher img/s", "cached/torch",
        "torch.compile img/s", "kd_jax/compile", "jax trace+compile s", "jit cache",
        "GFLOP/step (XLA)", "kd_jax GFLOP/s", "torch GFLOP/s", "agree"], rows))
   failed = [r["pair"] + f"@{r['batch']}" for r in records if not r["agree"]]

@@ -13,7 +13,8 @@ import os
 import jax
 
 from kd_jax import methods, models, selection
-from kd_jax.train import checkpoint, workdir
+from kd_jax.train import checkpoint, teacher_cache, workdir
+from kd_jax.train import state as state_lib
 
 STAGES = ("teacher,student", "teacher", "student")
 SELECTION_MODELS = ("student", "teacher")
@@ -70,8 +71,38 @@ def check_stage(config, data) -> None:
   _finite(f"{stage}.method.temperature", config.method.temperature, "must be finite and > 0",
           lambda t: t > 0)
   _check_optim(config.optim, stage)
+  check_performance(config, info.num_classes)
   if methods.selects(config.method):
     check_selection(config.selection, has_validation=data.val is not None)
+
+
+def check_performance(config, num_classes: int) -> None:
+  """`compute_dtype` and the `teacher_cache` block (configs/common.py)."""
+  dtypes = tuple(state_lib.COMPUTE_DTYPES)
+  if config.compute_dtype not in dtypes:
+    fail("compute_dtype", config.compute_dtype, f"must be one of {dtypes}")
+  if config.compute_dtype != "float32" and not hasattr(
+      models.create(config.model, num_classes), "dtype"):
+    fail("compute_dtype", config.compute_dtype, f"{config.stage}.model={config.model!r} has no "
+         "dtype field; use 'float32'")
+  cache = config.teacher_cache
+  formats = tuple(teacher_cache.FORMATS)
+  if cache.format not in formats:
+    fail("teacher_cache.format", cache.format, f"must be one of {formats}")
+  if not isinstance(cache.dir, str):
+    fail("teacher_cache.dir", cache.dir, "must be a directory path, or '' (no cache)")
+  if cache.dir:
+    # Create it and write a file now: a cache that cannot be written fails here, not after
+    # the teacher's first pass.
+    probe = os.path.join(cache.dir, f".write_test.{os.getpid()}")
+    try:
+      os.makedirs(cache.dir, exist_ok=True)
+      with open(probe, "w") as f:
+        f.write("ok")
+      os.remove(probe)
+    except OSError as error:
+      fail("teacher_cache.dir", cache.dir, f"must be a directory this process can create "
+           f"and write ({error.strerror or error}), or '' (no cache)")
 
 
 def _check_optim(optim, stage: str) -> None:

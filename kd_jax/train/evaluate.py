@@ -1,5 +1,7 @@
 """Evaluation of a model on a whole split: jitted batched forward, one gather, host metrics."""
 
+import functools
+
 import jax
 import numpy as np
 
@@ -39,5 +41,14 @@ def evaluate(eval_fn, variables, loader, mesh) -> dict:
 
 def make_eval_fn(model, with_features: bool = False):
   """Jitted `step.make_eval_step`: logits `[B, C]` float32, eval mode (or a dict of logits
-  and penultimate features)."""
+  and penultimate features). Memoised per (model, with_features): runs of one process
+  (stages, generations, a sweep) reuse the compiled evaluation instead of compiling again."""
+  try:
+    return _cached_eval_fn(model, with_features)
+  except TypeError:  # an unhashable module
+    return jax.jit(step_lib.make_eval_step(model, with_features))
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_eval_fn(model, with_features: bool):
   return jax.jit(step_lib.make_eval_step(model, with_features))

@@ -24,6 +24,7 @@ from kd_jax.train import checkpoint as ckpt_lib
 from kd_jax.train import checks, evaluate, parallel, selection_rounds, splits
 from kd_jax.train import state as state_lib
 from kd_jax.train import step as step_lib
+from kd_jax.train import teacher_cache as cache_lib
 from kd_jax.train import workdir as workdir_lib
 from kd_jax.train import writer as writer_lib
 
@@ -92,7 +93,7 @@ def train(config, workdir: str, *, teacher=None, data: splits.Data | None = None
                      "none was given")
   mesh = mesh or parallel.make_mesh()
   info, method, stage = data.info, config.method, config.stage
-  fingerprint = workdir_lib.fingerprint(config, teacher and teacher.fingerprint)
+  fingerprint = workdir_lib.fingerprint(config, cache_lib.teacher_fingerprint(config, teacher))
   summary_path = os.path.join(workdir, SUMMARY)
   with workdir_lib.locked(workdir):
     if os.path.exists(summary_path):
@@ -103,15 +104,23 @@ def train(config, workdir: str, *, teacher=None, data: splits.Data | None = None
 
     # Setup: data order, model, optimizer, the teacher's slot, data selection.
     seed = stage_seed(config.seed, stage)
-    model = models.create(config.model, info.num_classes)
+    model = models.create(config.model, info.num_classes,
+                          dtype=state_lib.COMPUTE_DTYPES[config.compute_dtype])
     loader = data_lib.make_loader(data.train, batch_size=config.batch_size, seed=seed,
                                   train=True, augment=info.augmentation)
     steps_per_epoch = loader.steps_per_epoch
     total_steps = config.num_epochs * steps_per_epoch
     tx, schedule = state_lib.make_optimizer(config.optim, steps_per_epoch)
-    selector = selected = teacher_fn = class_similarity = None
+    selector = selected = teacher_fn = class_similarity = cache = None
     if teacher is not None:
-      teacher_fn = state_lib.teacher_forward(teacher.model)
+      teacher_fn = state_lib.teacher_forward(
+          state_lib.with_compute_dtype(teacher.model, config.compute_dtype))
+      if cache_lib.enabled(config, teacher):
+        # The teacher slot becomes a lookup; its table is set at each epoch start below.
+        cache = cache_lib.open_cache(config, teacher, teacher_fn, loader, mesh, info)
+        teacher_fn = cache_lib.lookup
+        print(f"kd_jax: {stage} reads its teacher's outputs from {cache.directory}/"
+              f"{cache.key} ({config.teacher_cache.format})", flush=True)
       if methods.needs_class_similarity(method.name):
         kernel = teacher.variables["params"]["classifier"]["kernel"]
         class_similarity = jax.jit(targets.class_similarity, static_argnums=1)(
@@ -121,7 +130,9 @@ def train(config, workdir: str, *, teacher=None, data: splits.Data | None = None
       selected = np.zeros(len(data.train), bool)  # until round 0: CE only (the warm-up)
     # The step donates its state: the teacher's slot gets a copy, so the caller's teacher
     # (handed over in memory, reused by selection rounds) keeps its buffers.
-    teacher_variables = teacher and jax.tree.map(jnp.copy, teacher.variables)
+    teacher_variables = None
+    if teacher is not None and cache is None:
+      teacher_variables = jax.tree.map(jnp.copy, teacher.variables)
     state = state_lib.create_train_state(
         model, tx, jax.random.PRNGKey(seed), info.input_shape, teacher_fn=teacher_fn,
         teacher_variables=teacher_variables, class_similarity=class_similarity,
@@ -157,6 +168,12 @@ def train(config, workdir: str, *, teacher=None, data: splits.Data | None = None
     # Loop: epochs of steps; logs, evaluations and checkpoints at their cadences.
     for epoch in range(start_epoch, config.num_epochs):
       first = start_in_epoch if epoch == start_epoch else 0
+      if cache is not None and (cache.per_epoch or epoch == start_epoch):
+        # This epoch's teacher logits (read, or computed once and written). Without
+        # augmentation one table serves every epoch: the step passes it through (donated
+        # and aliased), so it is set only once per session.
+        with progress.paused():
+          state = state.replace(teacher_variables=cache.device_table(epoch, mesh))
       if (selector and selection_rounds.is_round(config.selection, epoch)
           and meta["selection_epoch"] != epoch):
         with progress.paused():
@@ -226,6 +243,8 @@ def train(config, workdir: str, *, teacher=None, data: splits.Data | None = None
         train_step_compilations=train_step._cache_size(),  # pylint: disable=protected-access
         teacher=teacher and teacher.source,
         teacher_test_accuracy=teacher and teacher.test_accuracy,
+        teacher_cache=cache and dict(key=cache.key, format=config.teacher_cache.format),
+        compute_dtype=config.compute_dtype,
         selection=meta["selection"] or None, fingerprint=fingerprint)
     writer.close()
     checkpointer.close()

@@ -69,6 +69,14 @@ def to_host(tree):
   return multihost_utils.process_allgather(tree, tiled=True)
 
 
+def any_process(flag: bool) -> bool:
+  """Whether `flag` holds on any process (every process gets the same answer, so a decision
+  to run a collective computation is taken by all of them or none)."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  return bool(np.any(multihost_utils.process_allgather(np.asarray(bool(flag)))))
+
+
 def is_primary() -> bool:
   return jax.process_index() == 0
 

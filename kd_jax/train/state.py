@@ -3,7 +3,9 @@
 `TrainState` holds everything the jitted step reads: the trained model (student, or a
 teacher trained from labels) with its params, BatchNorm statistics, optimizer state, step
 and PRNG key; the frozen teacher (its forward function and variables, which the optimizer
-never touches and the checkpoint does not duplicate); and per-run constants (the teacher's
+never touches and the checkpoint does not duplicate; with `teacher_cache.dir` set, a lookup
+and the epoch's logits table `[N, C]` instead, `kd_jax.train.teacher_cache`); and per-run
+constants (the teacher's
 class similarity for KD-sim, the data-selection mask). A checkpoint holds only the trained
 model's part (`checkpoint_items`).
 
@@ -13,6 +15,7 @@ every parameter, and a learning rate multiplied by `lr_decay_factor` at each epo
 `lr_decay_epochs` (or a cosine decay), after an optional linear warm-up.
 """
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -70,6 +73,20 @@ def make_variables(params, batch_stats) -> dict:
   return variables
 
 
+# `compute_dtype` (configs/common.py) -> the models' `dtype` field: the dtype of activations
+# and matmul/conv inputs. Parameters, optimizer state and BatchNorm statistics stay float32
+# (Flax's `param_dtype`, float32 BN statistics), and the step casts logits to float32
+# before any loss.
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def with_compute_dtype(model: nn.Module, compute_dtype: str) -> nn.Module:
+  """`model` computing in `compute_dtype` ("float32" returns `model` itself)."""
+  if compute_dtype == "float32":
+    return model
+  return model.clone(dtype=COMPUTE_DTYPES[compute_dtype])
+
+
 def teacher_forward(model: nn.Module) -> TeacherFn:
   """`teacher_fn` running `model` in eval mode on `batch["image"]` (float32 logits)."""
   def forward(variables, batch):
@@ -114,11 +131,27 @@ def make_optimizer(optim, steps_per_epoch: int) -> tuple[optax.GradientTransform
   return tx, schedule
 
 
+def _jitted_init(model: nn.Module, input_shape: tuple):
+  # The dummy batch is made inside the traced function: a memoised closure must hold no
+  # array (one made under `jax.eval_shape` would be a tracer that outlives its trace).
+  return jax.jit(lambda key: model.init(key, jnp.zeros((2, *input_shape), jnp.float32),
+                                        train=False))
+
+
+# One compiled init per (model, input shape) and process: its compilation takes seconds on a
+# CPU even for an MLP, and a pipeline or a sweep in one process initialises the same model
+# again and again (teacher, students, generations).
+_cached_jitted_init = functools.lru_cache(maxsize=64)(_jitted_init)
+
+
 def init_variables(model: nn.Module, rng: jax.Array, input_shape) -> dict:
   """`model.init` on a dummy batch of 2 examples of `input_shape` (eval mode), jitted: one
-  compilation instead of one per initializer op."""
-  dummy = jnp.zeros((2, *input_shape), jnp.float32)
-  return jax.jit(lambda key: model.init(key, dummy, train=False))(rng)
+  compilation instead of one per initializer op (and one per model and shape, memoised)."""
+  try:
+    init = _cached_jitted_init(model, tuple(input_shape))
+  except TypeError:  # an unhashable module (e.g. a list-valued field): compile it once here
+    init = _jitted_init(model, tuple(input_shape))
+  return init(rng)
 
 
 def create_train_state(model: nn.Module, tx, rng: jax.Array, input_shape, *,

@@ -1,8 +1,9 @@
 """A run directory belongs to one configuration and one process.
 
 `fingerprint(config, teacher)` is everything that determines a stage's result (dataset and
-its options, model, method, optimizer and schedule, epochs, batch, seed, data selection, the
-teacher's identity and variables); it is stored in every checkpoint and in summary.json, and
+its options, model, method, optimizer and schedule, epochs, batch, seed, data selection, a
+non-default compute dtype, the teacher's identity and variables, and the teacher cache's
+format when it rounds); it is stored in every checkpoint and in summary.json, and
 a rerun whose fingerprint differs stops with the fields that differ (`check_fingerprint`).
 `locked(directory)` holds an exclusive OS lock on `directory/.lock` (released on any exit,
 SIGKILL included) so a second process on the same directory stops at once. JSON files are
@@ -22,9 +23,12 @@ from kd_jax.train import parallel
 
 LOCK = ".lock"
 # Fields that do not change the result: logging, evaluation and checkpoint cadence, devices.
+# `teacher_cache`: where the teacher's outputs come from; a float32 cache is bit-identical to
+# the live teacher, and a lossy format enters the teacher's entry instead
+# (`teacher_cache.teacher_fingerprint`).
 _NOT_RESULT_FIELDS = ("name", "log_every_steps", "eval_every_epochs", "eval_test_every_epochs",
                       "eval_batch_size", "checkpoint", "distributed", "stages", "teacher",
-                      "student", "generations")
+                      "student", "generations", "teacher_cache")
 
 
 class WorkdirError(ValueError):
@@ -37,6 +41,9 @@ def fingerprint(config, teacher_fingerprint: dict | None = None) -> dict:
             if key not in _NOT_RESULT_FIELDS}
   if not methods.selects(config.method):
     fields.pop("selection", None)
+  if fields.get("compute_dtype") == "float32":
+    # The default: runs from before the field existed keep their fingerprint (and resume).
+    fields.pop("compute_dtype")
   fields["dataset"] = {k: v for k, v in fields["dataset"].items() if k != "data_dir"}
   if teacher_fingerprint is not None:
     fields["teacher"] = teacher_fingerprint

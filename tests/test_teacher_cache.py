@@ -1,0 +1,265 @@
+"""Teacher-output cache and mixed precision (issue 12): a cached teacher trains exactly as the
+live one (float32) or closely (float16), is written once and read by later runs, never uses
+a mismatched or corrupt file, resumes identically; bfloat16 compute keeps float32 state."""
+
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import trainer_util
+
+from kd_jax import data as data_lib
+from kd_jax import models, pipeline
+from kd_jax.data import augment
+from kd_jax.train import checks, loop, parallel, splits, teacher_cache
+from kd_jax.train import state as state_lib
+from kd_jax.train import teacher as teacher_lib
+
+# One epoch, no test evaluation nor checkpoint before the end: seconds per run.
+_FAST = dict(num_epochs=1, eval_test_every_epochs=0, checkpoint__every_steps=0)
+
+
+def _comparable(summary):
+  """The summary without timings, paths and the cache's own entry (None for a live run)."""
+  return {k: v for k, v in trainer_util.comparable(summary).items() if k != "teacher_cache"}
+
+
+def _random_teacher(name, input_shape, num_classes=10):
+  """A frozen teacher without training one: random weights are a teacher all the same."""
+  model = models.create(name, num_classes)
+  variables = state_lib.init_variables(model, jax.random.PRNGKey(7), input_shape)
+  return teacher_lib.Teacher(name, model, variables, "random")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  """Synthetic tiny data (no augmentation), the student stage, a teacher, the live run."""
+  config = trainer_util.tiny_config(**_FAST)
+  data, mesh = pipeline.prepare(config), parallel.make_mesh()
+  stage = pipeline.stage.stage_config(config, "student")
+  teacher = _random_teacher("mlp_large", (16,))
+  return data, mesh, stage, teacher
+
+
+@pytest.fixture(scope="module")
+def live(tiny, tmp_path_factory):
+  data, mesh, stage, teacher = tiny
+  workdir = str(tmp_path_factory.mktemp("live"))
+  return loop.train(stage, workdir, teacher=teacher, data=data, mesh=mesh).summary
+
+
+def _counting(monkeypatch):
+  """Counts the teacher passes that fill the cache (one per table computed)."""
+  calls = []
+  original = teacher_cache.compute_logits
+
+  def counted(*args, **kwargs):
+    calls.append(1)
+    return original(*args, **kwargs)
+
+  monkeypatch.setattr(teacher_cache, "compute_logits", counted)
+  return calls
+
+
+def test_float32_cache_is_bit_identical_written_once_and_read_by_the_next_run(
+    tiny, live, tmp_path, monkeypatch):
+  data, mesh, stage, teacher = tiny
+  calls = _counting(monkeypatch)
+  stage = stage.copy_and_resolve_references()
+  stage.teacher_cache.update(dir=str(tmp_path / "cache"), format="float32")
+  first = loop.train(stage, str(tmp_path / "a"), teacher=teacher, data=data, mesh=mesh).summary
+  assert len(calls) == 1
+  assert _comparable(first) == _comparable(live)  # every metric, bit for bit
+  assert first["fingerprint"] == live["fingerprint"]  # exact logits: the same result
+  assert first["train_step_compilations"] == 1
+  key_dir = tmp_path / "cache" / first["teacher_cache"]["key"]
+  assert sorted(os.listdir(key_dir)) == ["key.json", "views.npz"]  # one table, every epoch
+
+  # Another method of the sweep: the teacher does not run again.
+  stage.method.name = "lr"
+  second = loop.train(stage, str(tmp_path / "b"), teacher=teacher, data=data, mesh=mesh)
+  assert len(calls) == 1
+  assert second.summary["teacher_cache"] == first["teacher_cache"]
+
+
+def test_float16_cache_is_close_and_recorded_in_the_fingerprint(tiny, live, tmp_path):
+  data, mesh, stage, teacher = tiny
+  stage = stage.copy_and_resolve_references()
+  stage.teacher_cache.update(dir=str(tmp_path / "cache"), format="float16")
+  half = loop.train(stage, str(tmp_path / "a"), teacher=teacher, data=data, mesh=mesh).summary
+  assert half["fingerprint"]["teacher.cache_format"] == "float16"
+  assert {k: v for k, v in half["fingerprint"].items() if k != "teacher.cache_format"} == (
+      live["fingerprint"])
+  np.testing.assert_allclose(half["test_loss"], live["test_loss"], rtol=1e-3)
+  assert abs(half["test_accuracy"] - live["test_accuracy"]) <= 2 / 256  # 256 test examples
+
+
+def _cache(tmp_path, fields=None, calls=None):
+  """A TeacherCache of 6 examples x 3 classes whose 'teacher' is a fixed array."""
+  fields = fields or dict(version=1, augmentation=None, format="float16", num_examples=6,
+                          num_classes=3, teacher={"variables_crc32": "0"})
+  logits = np.arange(18, dtype=np.float32).reshape(6, 3) / 7
+
+  def compute(epoch):
+    if calls is not None:
+      calls.append(epoch)
+    return logits
+  return teacher_cache.TeacherCache(str(tmp_path), fields, compute), logits
+
+
+def test_corrupt_or_mismatched_tables_are_recomputed_never_used(tmp_path, capsys):
+  calls = []
+  cache, logits = _cache(tmp_path, calls=calls)
+  np.testing.assert_array_equal(cache.table(0), logits.astype(np.float16))
+  np.testing.assert_array_equal(cache.table(5), logits.astype(np.float16))  # no augmentation
+  assert calls == [None] and cache.read == [None]
+  path = cache.path(0)
+
+  with open(path, "r+b") as f:  # flip bytes in the middle of the file
+    f.seek(os.path.getsize(path) // 2)
+    f.write(b"\xff\xfe\xfd\xfc")
+  capsys.readouterr()
+  np.testing.assert_array_equal(cache.table(0), logits.astype(np.float16))
+  assert calls == [None, None] and "is not usable" in capsys.readouterr().out
+
+  # A table stored under another key (e.g. copied by hand) is not this key's table.
+  other, _ = _cache(tmp_path, dict(cache.fields, teacher={"variables_crc32": "1"}))
+  other.table(0)
+  os.replace(other.path(0), path)
+  cache.table(0)
+  assert calls == [None, None, None] and "key do not match" in capsys.readouterr().out
+  cache.table(0)  # and the recomputed one is read again
+  assert calls == [None, None, None]
+
+  with open(path, "wb") as f:  # truncated to nothing
+    f.write(b"")
+  cache.table(0)
+  assert len(calls) == 4
+
+  # A cache that cannot be written (here: under a file) warns; the run keeps its logits.
+  (tmp_path / "a_file").write_text("")
+  unwritable, _ = _cache(tmp_path / "a_file" / "cache")
+  np.testing.assert_array_equal(unwritable.table(0), logits.astype(np.float16))
+  assert "could not be written" in capsys.readouterr().out
+
+
+def _fake_cifar(n_train=100, n_test=64):
+  info = data_lib.DatasetInfo("fake_cifar", 10, (32, 32, 3), None, "cifar",
+                              augment.CIFAR10_MEAN, augment.CIFAR10_STD)
+  rng = np.random.default_rng(0)
+
+  def source(n):
+    return data_lib.ArraySource(info, rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+                                rng.integers(0, 10, n).astype(np.int32))
+  return splits.Data(source(n_train), None, source(n_test))
+
+
+def test_augmented_views_are_cached_per_epoch_and_a_resumed_run_matches(tmp_path):
+  """CIFAR-style augmentation: one table per epoch holding the teacher's logits of that
+  epoch's views (the batches the run trains on); a run resumed mid-epoch reads its epoch's
+  table and ends exactly as the uninterrupted run."""
+  data, mesh = _fake_cifar(), parallel.make_mesh()
+  config = trainer_util.tiny_config(num_epochs=2, dataset__holdout=0, eval_test_every_epochs=0,
+                                    checkpoint__every_steps=4)
+  stage = pipeline.stage.stage_config(config, "student")
+  teacher = _random_teacher("mlp_large", (32, 32, 3))
+  train = functools.partial(loop.train, teacher=teacher, data=data, mesh=mesh)
+  stage.teacher_cache.update(dir=str(tmp_path / "cache"), format="float32")
+  cached = train(stage, str(tmp_path / "cached")).summary
+  key_dir = tmp_path / "cache" / cached["teacher_cache"]["key"]
+  assert sorted(os.listdir(key_dir)) == ["epoch_0000.npz", "epoch_0001.npz", "key.json"]
+  loader = data_lib.make_loader(data.train, batch_size=32, seed=loop.stage_seed(0, "student"),
+                                train=True, augment="cifar")
+  forward = jax.jit(state_lib.teacher_forward(teacher.model))
+  for epoch in (0, 1):
+    with np.load(key_dir / f"epoch_{epoch:04d}.npz") as f:
+      table = f["logits"]
+    for batch in loader.epoch(epoch):  # the live teacher on the views the run trained on
+      np.testing.assert_array_equal(table[batch["index"]], forward(teacher.variables, batch))
+    visited = [loader.global_indices(epoch, s) for s in range(loader.steps_per_epoch)]
+    dropped = np.setdiff1d(np.arange(100), np.concatenate(visited))
+    assert len(dropped) == 100 % 32 and not table[dropped].any()  # never read: zeros
+
+  # Interrupted in epoch 1 (3 steps per epoch; saved at 3, 4, 6): keep only step 4's.
+  run = tmp_path / "cached"
+  os.remove(run / "summary.json")
+  for step in os.listdir(run / "checkpoints"):
+    if step.isdigit() and int(step) != 4:
+      os.rename(run / "checkpoints" / step, tmp_path / f"removed_{step}")
+  resumed = train(stage, str(run)).summary
+  assert _comparable(resumed) == _comparable(cached)
+
+
+def test_bfloat16_compute_trains_and_keeps_float32_state(tmp_path):
+  config = trainer_util.tiny_config(**_FAST, stages="teacher", compute_dtype="bfloat16")
+  trained = loop.train(pipeline.stage.stage_config(config, "teacher"), str(tmp_path),
+                       data=pipeline.prepare(config))
+  assert trained.summary["compute_dtype"] == "bfloat16"
+  assert trained.summary["fingerprint"]["compute_dtype"] == "bfloat16"
+  assert trained.summary["test_accuracy"] > 0.3  # 10 classes: it learned
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(trained.variables))
+
+
+# One model per family file: every family honours `dtype` in train mode.
+FAMILIES = ("mlp_small", "cnn1d_large", "cnn_digits_large", "resnet8", "wrn_16_1", "vgg8",
+            "MobileNetV1", "MobileNetV2", "ShuffleV2", "ResNet18")
+
+
+def _conv_and_matmul_input_dtypes(jaxpr) -> set:
+  found = set()
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name in ("conv_general_dilated", "dot_general"):
+      found |= {str(v.aval.dtype) for v in eqn.invars}
+    for param in eqn.params.values():
+      inner = getattr(param, "jaxpr", param)
+      if hasattr(inner, "eqns"):
+        found |= _conv_and_matmul_input_dtypes(inner)
+  return found
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_every_family_computes_in_bfloat16_with_float32_state(name):
+  info = models.info(name)
+  shape = info.input_shape or {"image": (32, 32, 3), "signal": (40, 1), "vector": (16,)}[
+      info.input_kind]
+  model = state_lib.with_compute_dtype(models.create(name, 10), "bfloat16")
+  x = jax.ShapeDtypeStruct((2, *shape), jnp.float32)
+  variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
+  apply = functools.partial(model.apply, train=True, mutable=["batch_stats"])
+  logits, updates = jax.eval_shape(apply, variables, x)
+  assert logits.dtype == jnp.bfloat16
+  assert all(v.dtype == jnp.float32 for v in jax.tree.leaves((variables, updates)))
+  assert _conv_and_matmul_input_dtypes(jax.make_jaxpr(apply)(variables, x).jaxpr) == {
+      "bfloat16"}
+
+
+def test_bad_dtype_format_or_cache_dir_names_the_field(tmp_path):
+  config = pipeline.stage.stage_config(trainer_util.tiny_config(), "student")
+  check = functools.partial(checks.check_performance, num_classes=10)
+  check(config)
+  with pytest.raises(ValueError, match=r"compute_dtype='float16' is not allowed: must be one "
+                                       r"of \('float32', 'bfloat16'\)"):
+    check(_with(config, compute_dtype="float16"))
+  with pytest.raises(ValueError, match=r"teacher_cache.format='int8' is not allowed"):
+    check(_with(config, teacher_cache__format="int8"))
+  blocker = tmp_path / "a_file"
+  blocker.write_text("")
+  with pytest.raises(ValueError, match=r"teacher_cache.dir='.*a_file/cache' is not allowed: "
+                                       "must be a directory this process can create and write"):
+    check(_with(config, teacher_cache__dir=str(blocker / "cache")))
+  check(_with(config, teacher_cache__dir=str(tmp_path / "new" / "cache")))  # created
+  assert (tmp_path / "new" / "cache").is_dir()
+
+
+def _with(config, **fields):
+  config = config.copy_and_resolve_references()
+  for key, value in fields.items():
+    *parents, leaf = key.split("__")
+    node = config
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = value
+  return config
