@@ -5,9 +5,8 @@ teacher trained from labels) with its params, BatchNorm statistics, optimizer st
 and PRNG key; the frozen teacher (its forward function and variables, which the optimizer
 never touches and the checkpoint does not duplicate; with `teacher_cache.dir` set, a lookup
 and the epoch's logits table `[N, C]` instead, `kd_jax.train.teacher_cache`); and per-run
-constants (the teacher's
-class similarity for KD-sim, the data-selection mask). A checkpoint holds only the trained
-model's part (`checkpoint_items`).
+constants (the teacher's class similarity for KD-sim, the data-selection mask). A checkpoint
+holds only the trained model's part (`checkpoint_items`).
 
 The optimizer follows the PyTorch reference protocols (RepDistiller, mdistiller,
 torchvision ImageNet): SGD with momentum and coupled L2 weight decay `g <- g + wd * w` on
