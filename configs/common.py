@@ -56,10 +56,22 @@ VARIANT_KEYS = {
 }
 
 
+def set_fields(config: ml_collections.ConfigDict, fields: dict):
+  """`config` with `fields` ("a.b.c" -> value) set, as `--config.a.b.c=value` would."""
+  for key, value in fields.items():
+    *parents, leaf = key.split(".")
+    node = config
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = value
+  return config
+
+
 def apply_variant(config: ml_collections.ConfigDict, arg: str | None):
   """`config` with a config argument applied: `key=value[,key=value...]`, keys of
   VARIANT_KEYS, values converted to the field's type. `--config.<field>=...` flags still
   override any field afterwards."""
+  fields = {}
   for item in (arg or "").split(","):
     key, sep, value = item.partition("=")
     if not item:
@@ -71,8 +83,8 @@ def apply_variant(config: ml_collections.ConfigDict, arg: str | None):
     node = config
     for parent in parents:
       node = node[parent]
-    node[leaf] = type(node[leaf])(value)
-  return config
+    fields[VARIANT_KEYS[key]] = type(node[leaf])(value)
+  return set_fields(config, fields)
 
 
 def get_config() -> ml_collections.ConfigDict:

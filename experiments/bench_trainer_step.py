@@ -1,6 +1,7 @@
 r"""The trainer's own jitted KD step, this tree against another checkout, side by side.
 
-Each round runs one subprocess per tree (alternating, so both see the same machine load);
+Each round runs one subprocess per tree (alternating, first one tree then the other first,
+so both see the same machine load and neither always runs second);
 each builds its trainer's train step exactly as its loop does (replicated state on a mesh,
 sharded batch, donation), compiles it, and times `--steps` steps. Prints one JSON line per
 (tree, round) and the median images/s and ratio:
@@ -104,7 +105,8 @@ def main():
   trees = {"baseline": os.path.abspath(args.baseline), "this": REPO}
   rates = {name: [] for name in trees}
   for round_index in range(args.rounds):
-    for name, tree in trees.items():
+    order = list(trees.items())
+    for name, tree in order if round_index % 2 == 0 else order[::-1]:  # no order bias
       env = dict(os.environ, PYTHONPATH=tree, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS",
                                                                              "cpu"))
       out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child=1",
@@ -116,10 +118,11 @@ def main():
       print(json.dumps(dict(tree=name, path=tree, round=round_index, pair=args.pair,
                             batch=args.batch, **result)), flush=True)
   medians = {name: statistics.median(values) for name, values in rates.items()}
+  per_round = statistics.median(t / b for t, b in zip(rates["this"], rates["baseline"]))
   print(f"median images/s: baseline {medians['baseline']:.1f}, this {medians['this']:.1f}, "
-        f"ratio this/baseline {medians['this'] / medians['baseline']:.3f} "
-        f"({args.rounds} alternating rounds of {args.steps} steps, {args.pair}, batch "
-        f"{args.batch})")
+        f"ratio of medians {medians['this'] / medians['baseline']:.3f}, median of per-round "
+        f"ratios {per_round:.3f} ({args.rounds} alternating rounds of {args.steps} steps, "
+        f"{args.pair}, batch {args.batch})")
 
 
 if __name__ == "__main__":

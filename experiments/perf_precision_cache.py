@@ -58,13 +58,8 @@ def load_config(path, seed, epochs, **fields):
   module = os.path.splitext(os.path.relpath(path))[0].replace(os.sep, ".")
   config = importlib.import_module(module).get_config()
   config.seed, config.num_epochs = seed, epochs
-  for key, value in fields.items():
-    *parents, leaf = key.split("__")
-    node = config
-    for parent in parents:
-      node = node[parent]
-    node[leaf] = value
-  return config
+  return importlib.import_module("configs.common").set_fields(
+      config, {k.replace("__", "."): v for k, v in fields.items()})
 
 
 def mean_std(values):

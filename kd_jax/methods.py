@@ -87,7 +87,7 @@ under `shard_map`/`pmap`. Padding rows (`example_mask` False) count in no subset
 
 Data Selection variants (`kd_ds`, `lr_ds`, `dkd_lr_ds`, or `select=True`): the base method on
 the examples with `teacher_mask` True, `CE(z_s, y)` on the others; the selection itself is the
-trainer's job (kd_jax.selection, kd_jax.train.data_selection).
+trainer's job (kd_jax.selection, kd_jax.train.selection_rounds).
 
 Adding a teacher method is one entry in `_TEACHER_METHODS`: a function
 `(config, student_logits, labels, q, teacher_logits, class_similarity, epoch, revised)

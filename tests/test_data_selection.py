@@ -13,8 +13,7 @@ import pytest
 import trainer_util
 
 from kd_jax import methods, pipeline, selection
-from kd_jax.train import checks, loop
-from kd_jax.train import selection_rounds as data_selection
+from kd_jax.train import checks, loop, selection_rounds
 
 NUM_TRAIN = 576 - 64  # TINY_OVERRIDES: 576 examples, 64 held out
 
@@ -27,7 +26,7 @@ def test_round_statistics_hand_case():
   scores = np.array([0.0, 1.0, 2.0, 3.0])
   mask = np.array([False, True, True, False])
   wrong = np.array([True, True, False, False])
-  stats = data_selection.round_statistics(scores, mask, wrong, bins=3)
+  stats = selection_rounds.round_statistics(scores, mask, wrong, bins=3)
   assert (stats["num_selected"], stats["num_examples"], stats["selected_ratio"]) == (2, 4, 0.5)
   assert stats["score_histogram"]["counts"] == [1, 1, 2]
   assert stats["score_histogram"]["edges"] == pytest.approx([0, 1, 2, 3])
@@ -37,13 +36,13 @@ def test_round_statistics_hand_case():
 
 def test_warmup_and_refresh_rounds():
   config = trainer_util.tiny_config().selection
-  assert [e for e in range(7) if data_selection.is_round(config, e)] == [0]
+  assert [e for e in range(7) if selection_rounds.is_round(config, e)] == [0]
   config.refresh_epochs = 3
-  assert [e for e in range(7) if data_selection.is_round(config, e)] == [0, 3, 6]
+  assert [e for e in range(7) if selection_rounds.is_round(config, e)] == [0, 3, 6]
   config.warmup_epochs = 2
-  assert [e for e in range(9) if data_selection.is_round(config, e)] == [2, 5, 8]
+  assert [e for e in range(9) if selection_rounds.is_round(config, e)] == [2, 5, 8]
   config.refresh_epochs = 0
-  assert [e for e in range(9) if data_selection.is_round(config, e)] == [2]
+  assert [e for e in range(9) if selection_rounds.is_round(config, e)] == [2]
 
 
 def test_select_flag_turns_selection_on_for_any_teacher_method():
@@ -192,11 +191,11 @@ def test_teacher_minus_label_scores_the_switch_from_label_to_teacher():
   t = rng.dirichlet(np.ones(c), n)
   kernel, bias = 0.1 * rng.normal(size=(d, c)), np.zeros(c)
   common = dict(l2=1e-2, hessian="exact", damping=1e-3)
-  switch = data_selection.influence_scores(x, t, y, kernel, bias, ref_x, ref_y,
+  switch = selection_rounds.influence_scores(x, t, y, kernel, bias, ref_x, ref_y,
                                            target="teacher_minus_label", **common)
   v_kernel, v_bias = selection.influence_vector(x, t, kernel, bias, ref_x, ref_y, **common)
   expected = np.sum((x @ np.asarray(v_kernel) + np.asarray(v_bias)) * (np.eye(c)[y] - t), -1)
   np.testing.assert_allclose(switch, expected, rtol=1e-4, atol=1e-6)
-  plain = data_selection.influence_scores(x, t, y, kernel, bias, ref_x, ref_y, **common)
+  plain = selection_rounds.influence_scores(x, t, y, kernel, bias, ref_x, ref_y, **common)
   np.testing.assert_allclose(plain, selection.influence_scores(x, t, kernel, bias, ref_x, ref_y,
                                                                **common), rtol=1e-6)

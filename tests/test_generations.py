@@ -14,6 +14,7 @@ import pytest
 import trainer_util
 from scipy import special
 
+from configs import common
 from kd_jax import data as data_lib
 from kd_jax import generations, pipeline
 
@@ -167,13 +168,7 @@ def test_lambda_schedule_sets_ce_and_kd_weights():
     (dict(teacher__checkpoint="/some/run"), "teacher.checkpoint='/some/run'"),
 ])
 def test_check_config_names_the_bad_field(change, expected):
-  config = _config()
-  for key, value in change.items():
-    *parents, leaf = key.split("__")
-    node = config
-    for parent in parents:
-      node = node[parent]
-    node[leaf] = value
+  config = common.set_fields(_config(), {k.replace("__", "."): v for k, v in change.items()})
   with pytest.raises(ValueError) as error:
     pipeline.prepare(config)
   assert expected in str(error.value)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import trainer_util
 
+from configs import common
 from kd_jax import data as data_lib
 from kd_jax import models, pipeline
 from kd_jax.data import augment
@@ -255,11 +256,5 @@ def test_bad_dtype_format_or_cache_dir_names_the_field(tmp_path):
 
 
 def _with(config, **fields):
-  config = config.copy_and_resolve_references()
-  for key, value in fields.items():
-    *parents, leaf = key.split("__")
-    node = config
-    for parent in parents:
-      node = node[parent]
-    node[leaf] = value
-  return config
+  return common.set_fields(config.copy_and_resolve_references(),
+                           {k.replace("__", "."): v for k, v in fields.items()})

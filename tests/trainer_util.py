@@ -29,16 +29,9 @@ TIMING_FIELDS = ("train_seconds", "images_per_second", "seconds")
 def tiny_config(**overrides):
   """configs/synthetic.py with TINY_OVERRIDES and `overrides` ("a.b" keys as "a__b")."""
   sys.path.insert(0, REPO)
-  from configs import synthetic  # pylint: disable=g-import-not-at-top
-  config = synthetic.get_config()
-  for key, value in {**TINY_OVERRIDES,
-                     **{k.replace("__", "."): v for k, v in overrides.items()}}.items():
-    *parents, leaf = key.split(".")
-    node = config
-    for parent in parents:
-      node = node[parent]
-    node[leaf] = value
-  return config
+  from configs import common, synthetic  # pylint: disable=g-import-not-at-top
+  return common.set_fields(synthetic.get_config(), {
+      **TINY_OVERRIDES, **{k.replace("__", "."): v for k, v in overrides.items()}})
 
 
 def cli_args(workdir, config="configs/synthetic.py", **overrides):
