@@ -190,9 +190,6 @@ def train(config, workdir: str, *, teacher=None, data: splits.Data | None = None
           jax.block_until_ready(metrics)
           progress.step_done(step)
         end_of_epoch = in_epoch == steps_per_epoch
-        meta = dict(meta, step=step, epoch=epoch + end_of_epoch,
-                    step_in_epoch=0 if end_of_epoch else in_epoch,
-                    train_seconds=seconds_before + time.time() - session_start)
         if step % config.log_every_steps == 0 or end_of_epoch:
           values = metric_sums.window_means()
           if not np.isfinite(values["loss"]):
@@ -202,11 +199,16 @@ def train(config, workdir: str, *, teacher=None, data: splits.Data | None = None
           values.update(epoch=step / steps_per_epoch, learning_rate=float(schedule(step - 1)),
                         images_per_second=progress.images_per_second(step) or 0.0)
           writer.write_scalars(step, values, "train", progress.report(step))
+        # Where a resumed run restarts is recorded at save points only, off the per-step path.
         if not end_of_epoch:
           if due(step, config.checkpoint.every_steps, total_steps):
+            position = dict(step=step, epoch=epoch, step_in_epoch=in_epoch,
+                            train_seconds=seconds_before + time.time() - session_start)
             with progress.paused():
-              _save(checkpointer, state, meta, metric_sums)
+              _save(checkpointer, state, dict(meta, **position), metric_sums)
           continue
+        meta = dict(meta, step=step, epoch=epoch + 1, step_in_epoch=0,
+                    train_seconds=seconds_before + time.time() - session_start)
         writer.write_scalars(step, dict(metric_sums.epoch_means(), epoch=epoch + 1),
                              "train_epoch")
         val_accuracy = None
