@@ -39,25 +39,23 @@ CE student. Writes OUT/results.json, OUT/results.md, OUT/*.png; the runs go to O
 """
 
 import argparse
-import contextlib
 import json
 import os
 import shlex
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)  # this checkout's kd_jax and configs, not an installed copy
-
 import jax
 import jax.numpy as jnp
 import numpy as np
+from in_process import Runner, fmt, logits_on, mean_std, speed_up_in_process_runs
+from in_process import softmax as _softmax
 from scipy import stats as scipy_stats
 
 from configs import common, synthetic
 from kd_jax import losses, models, pipeline, targets
 from kd_jax.data.synthetic import superclass_of
-from kd_jax.train import evaluate, loop, parallel
+from kd_jax.train import loop
 from kd_jax.train import state as state_lib
 from kd_jax.train import teacher as teacher_lib
 
@@ -179,51 +177,6 @@ def describe(method):
 
 # ----------------------------------------------------------------------------- running
 
-def speed_up_in_process_runs(cache_dir):
-  """Two costs that dominate ~150 small runs in one process and change no result:
-  XLA compilation (every run jits its train and eval steps anew; the persistent compilation
-  cache serves identical programs, i.e. the same method and shapes, from disk), and the
-  per-run curves.png that `pipeline.run` draws with matplotlib (~1 s a run here; the metrics
-  it would plot stay in each run's metrics.jsonl)."""
-  jax.config.update("jax_compilation_cache_dir", cache_dir)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-  pipeline.plots.plot_curves = lambda directory, title: None
-
-
-class Runner:
-  """Runs configs in-process with pipeline.prepare + pipeline.run; logs, times, counts."""
-
-  def __init__(self, log_path):
-    self.log_path = log_path
-    self.trained = self.skipped = 0
-    self.mesh = parallel.make_mesh()
-
-  def run(self, config, workdir):
-    done = os.path.exists(os.path.join(workdir, "summary.json"))
-    start = time.time()
-    with open(self.log_path, "a") as log, contextlib.redirect_stdout(log):
-      print(f"=== {workdir}", flush=True)
-      data = pipeline.prepare(config)
-      summary = pipeline.run(config, workdir, data=data)
-    self.skipped += done
-    self.trained += not done
-    return summary, time.time() - start, data
-
-
-def _softmax(z):
-  z = np.asarray(z, np.float64)
-  e = np.exp(z - z.max(-1, keepdims=True))
-  return e / e.sum(-1, keepdims=True)
-
-
-def logits_on(model_name, variables, source, mesh):
-  model = models.create(model_name, source.info.num_classes)
-  out = evaluate.predict(evaluate.make_eval_fn(model), variables,
-                         evaluate.eval_loader(source, 1024), mesh)
-  return out["logits"], out["label"]
-
-
 def teacher_stats(run_dir, data, mesh, num_superclasses):
   """The teacher on the student's training examples: eps = mean(1 - q_y), tau_s fitted to
   its class relationships, and superclass shares (what KD-sim can transfer)."""
@@ -318,20 +271,6 @@ def summarize_gradients(grads, bins=10):
 
 
 # ----------------------------------------------------------------------------- tables
-
-def mean_std(values):
-  values = np.asarray([v for v in values if v is not None], float)
-  if not values.size:
-    return None
-  return [float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else 0.0]
-
-
-def fmt(ms, digits=4, signed=False):
-  if ms is None:
-    return "n/a"
-  sign = "+" if signed else ""
-  return f"{ms[0]:{sign}.{digits}f} +- {ms[1]:.{digits}f}"
-
 
 def tabulate(runs, baseline="ls"):
   """runs[label] = list of summaries (seed order) -> per-label stats; gains paired by seed."""

@@ -1,0 +1,83 @@
+"""Shared by the experiment scripts that train many small runs in one process (tang, lan, yang).
+
+Each run is the real trainer (`kd_jax.pipeline.prepare` + `kd_jax.pipeline.run`) in its own
+workdir, so a finished run is skipped and a killed one resumes, exactly as with the CLI.
+"""
+
+import contextlib
+import os
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)  # this checkout's kd_jax and configs, not an installed copy
+
+import jax  # pylint: disable=g-import-not-at-top
+import numpy as np  # pylint: disable=g-import-not-at-top
+
+from kd_jax import models, pipeline  # pylint: disable=g-import-not-at-top
+from kd_jax.train import evaluate, parallel  # pylint: disable=g-import-not-at-top
+
+
+def speed_up_in_process_runs(cache_dir):
+  """Two costs that dominate ~100s of small runs in one process and change no result:
+  XLA compilation (every run jits its train and eval steps anew; the persistent compilation
+  cache serves identical programs, i.e. the same method and shapes, from disk), and the
+  per-run curves.png that `pipeline.run` draws with matplotlib (~1 s a run here; the metrics
+  it would plot stay in each run's metrics.jsonl)."""
+  jax.config.update("jax_compilation_cache_dir", cache_dir)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  pipeline.plots.plot_curves = lambda directory, title: None
+
+
+class Runner:
+  """Runs configs in-process with pipeline.prepare + pipeline.run; logs, times, counts."""
+
+  def __init__(self, log_path):
+    self.log_path = log_path
+    self.trained = self.skipped = 0
+    self.mesh = parallel.make_mesh()
+
+  def run(self, config, workdir):
+    """-> (summary dict, seconds, the prepared data)."""
+    done = os.path.exists(os.path.join(workdir, "summary.json"))
+    start = time.time()
+    with open(self.log_path, "a") as log, contextlib.redirect_stdout(log):
+      print(f"=== {workdir}", flush=True)
+      data = pipeline.prepare(config)
+      summary = pipeline.run(config, workdir, data=data)
+    self.skipped += done
+    self.trained += not done
+    return summary, time.time() - start, data
+
+
+def softmax(z):
+  """Row softmax in float64 (NumPy), for statistics of saved logits."""
+  z = np.asarray(z, np.float64)
+  e = np.exp(z - z.max(-1, keepdims=True))
+  return e / e.sum(-1, keepdims=True)
+
+
+def logits_on(model_name, variables, source, mesh):
+  """(logits [N, C], labels [N]) of a model on every example of a data source, in order."""
+  model = models.create(model_name, source.info.num_classes)
+  out = evaluate.predict(evaluate.make_eval_fn(model), variables,
+                         evaluate.eval_loader(source, 1024), mesh)
+  return out["logits"], out["label"]
+
+
+def mean_std(values):
+  """[mean, sample std] of the non-None values (std 0 for one value); None for none."""
+  values = np.asarray([v for v in values if v is not None], float)
+  if not values.size:
+    return None
+  return [float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else 0.0]
+
+
+def fmt(ms, digits=4, signed=False):
+  """'mean +- std' of a mean_std pair; 'n/a' for None."""
+  if ms is None:
+    return "n/a"
+  sign = "+" if signed else ""
+  return f"{ms[0]:{sign}.{digits}f} +- {ms[1]:.{digits}f}"
