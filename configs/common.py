@@ -164,6 +164,14 @@ def get_config() -> ml_collections.ConfigDict:
                          # (the exact logits: bit-identical to the live teacher)
   ))
 
+  # Input pipeline (no effect on results: batches are a function of (seed, epoch, step)).
+  c.input = ml_collections.ConfigDict(dict(
+      workers=0,          # processes that build training batches (grain); 0 = this process.
+                          # For ImageNet's JPEG decoding; CIFAR and offline data: keep 0
+      prefetch=2,         # host batches prepared ahead (a background thread)
+      device_prefetch=2,  # batches transferred to the devices ahead of the running step
+  ))
+
   c.log_every_steps = 100           # train metrics to metrics.jsonl, TensorBoard and stdout
   c.eval_every_epochs = 1           # validation (held-out slice) accuracy -> best checkpoint
   c.eval_test_every_epochs = 1      # test metrics for the curves (0: only at the end)

@@ -9,6 +9,7 @@ import pytest
 from kd_jax import data
 from kd_jax.data import augment, offline, synthetic
 from kd_jax.data import loader as loader_lib
+from kd_jax.data import tfds as tfds_lib
 
 # --- offline datasets ----------------------------------------------------------------------
 
@@ -179,6 +180,19 @@ def test_tfds_imagenet_source_and_crops(mock_tfds):
                               process_count=1, num_devices=1, prefetch=0)
     batch = next(iter(loader.epoch(0)))
     assert batch["image"].shape == (4, 224, 224, 3) and np.isfinite(batch["image"]).all()
+
+
+def test_worker_processes_build_the_same_batches():
+  """grain's worker processes (for ImageNet's JPEG decoding) hand back the in-process batches,
+  in order, from a resumed step on."""
+  source = tfds_lib.fake_imagenet(20)
+  options = dict(batch_size=4, seed=3, train=True, augment="imagenet", prefetch=1)
+  in_process = list(make(source, **options).epoch(1, 2))
+  in_workers = list(make(source, **options, workers=2).epoch(1, 2))
+  assert len(in_process) == make(source, **options).steps_per_epoch - 2 >= 3
+  assert_batches_equal(in_process, in_workers)
+  with pytest.raises(ValueError, match="workers=-1 must be >= 0"):
+    make(source, augment="imagenet", workers=-1)
 
 
 def test_tfds_missing_data_dir_says_how_to_prepare(tmp_path):

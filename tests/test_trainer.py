@@ -13,9 +13,10 @@ import pytest
 import trainer_util
 
 from kd_jax import methods, models, pipeline
-from kd_jax.train import loop, parallel, teacher
+from kd_jax.train import loop, parallel, stage, teacher
 from kd_jax.train import state as state_lib
 from kd_jax.train import step as step_lib
+from kd_jax.train import workdir as workdir_lib
 
 
 def _batch(rng, n, dim=16, num_classes=10, pad=0):
@@ -58,6 +59,29 @@ def test_train_step_compiles_once_and_counts_only_real_examples():
   assert train_step._cache_size() == 1  # pylint: disable=protected-access
   assert counts == [24.0] * 4
   assert int(state.step) == 4
+
+
+@pytest.mark.parametrize("ahead", [0, 1, 5])
+def test_prefetch_to_mesh_yields_every_batch_in_order(ahead):
+  mesh = parallel.make_mesh()
+  rng = np.random.default_rng(2)
+  batches = [_batch(rng, 8) for _ in range(3)]
+  out = list(parallel.prefetch_to_mesh(iter(batches), mesh, ahead))
+  assert len(out) == 3
+  for host, placed in zip(batches, out):
+    assert placed["image"].sharding == parallel.data_sharded(mesh)
+    for key in host:
+      np.testing.assert_array_equal(np.asarray(placed[key]), host[key])
+
+
+def test_input_pipeline_fields_do_not_change_the_fingerprint():
+  """Batches are a function of (seed, epoch, step): a run may resume with other workers."""
+  config = stage.stage_config(trainer_util.tiny_config(), "student")
+  other = config.copy_and_resolve_references()
+  other.input.workers, other.input.prefetch, other.input.device_prefetch = 3, 0, 0
+  assert workdir_lib.fingerprint(config) == workdir_lib.fingerprint(other)
+  other.seed += 1  # a result-determining field does change it
+  assert workdir_lib.fingerprint(config) != workdir_lib.fingerprint(other)
 
 
 def test_padding_does_not_change_the_update():

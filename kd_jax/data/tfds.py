@@ -63,6 +63,61 @@ def decode_image(encoded) -> np.ndarray:
     return np.asarray(image, np.uint8)
 
 
+def decoded_batch(info: DatasetInfo, encoded: list, labels, superclasses=None) -> dict:
+  """A source batch from encoded images: decoded in the thread pool; ImageNet's (sizes vary)
+  as an object array of uint8 [H_i, W_i, 3], others stacked to uint8 [n, *input_shape]."""
+  images = list(_decode_pool().map(decode_image, encoded))
+  if info.augmentation == "imagenet":
+    image_array = np.empty(len(images), object)
+    image_array[:] = images
+  else:
+    image_array = np.stack(images) if images else np.zeros((0,) + info.input_shape, np.uint8)
+  batch = {"image": image_array, "label": np.asarray(labels, np.int32)}
+  if info.num_superclasses:
+    batch["superclass"] = np.asarray(superclasses, np.int32)
+  return batch
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class EncodedSource:
+  """An in-memory source of encoded (PNG / JPEG) images, decoded per batch exactly as TFDS
+  records are: generated data for the input-pipeline benchmark and tests."""
+  info: DatasetInfo
+  encoded: list  # bytes per example
+  label_array: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.encoded)
+
+  @property
+  def labels(self) -> np.ndarray:
+    return self.label_array
+
+  def get_batch(self, indices) -> dict[str, np.ndarray]:
+    indices = check_indices(indices, len(self))
+    return decoded_batch(self.info, [self.encoded[i] for i in indices], self.label_array[indices])
+
+
+def fake_imagenet(num_examples: int, seed: int = 0, quality: int = 90) -> EncodedSource:
+  """Generated ImageNet-like JPEGs (smooth random images of 300-500 x 300-500 pixels, like
+  ImageNet's typical sizes, 1000 classes) for the input-pipeline benchmark and tests."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  encoded = []
+  for _ in range(num_examples):
+    height, width = rng.integers(300, 501, 2)
+    coarse = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    image = np.asarray(coarse.resize((int(width), int(height)), Image.BILINEAR), np.int16)
+    image = np.clip(image + rng.integers(-12, 13, image.shape), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
+    encoded.append(buffer.getvalue())
+  shape = (augment.IMAGENET_SIZE, augment.IMAGENET_SIZE, 3)
+  info = DatasetInfo("fake_imagenet", 1000, shape, None, augmentation="imagenet", mean=augment.IMAGENET_MEAN,
+                     std=augment.IMAGENET_STD)
+  return EncodedSource(info, encoded, rng.integers(0, 1000, num_examples).astype(np.int32))
+
+
 @dataclasses.dataclass(eq=False)
 class TfdsSource:
   """A split of a TFDS dataset: images uint8 [n, 32, 32, 3] (CIFAR) or, for ImageNet, an
@@ -82,18 +137,10 @@ class TfdsSource:
   def get_batch(self, indices) -> dict[str, np.ndarray]:
     indices = check_indices(indices, len(self))
     records = self._records(indices)
-    images = list(_decode_pool().map(decode_image, [r["image"] for r in records]))
-    if self.info.augmentation == "imagenet":
-      image_array = np.empty(len(images), object)
-      image_array[:] = images
-    else:
-      image_array = np.stack(images) if images else np.zeros((0,) + self.info.input_shape,
-                                                              np.uint8)
-    batch = {"image": image_array,
-             "label": np.array([r["label"] for r in records], np.int32)}
-    if self.info.num_superclasses:
-      batch["superclass"] = np.array([r["coarse_label"] for r in records], np.int32)
-    return batch
+    superclasses = ([r["coarse_label"] for r in records] if self.info.num_superclasses
+                    else None)
+    return decoded_batch(self.info, [r["image"] for r in records],
+                         [r["label"] for r in records], superclasses)
 
   @property
   def labels(self) -> np.ndarray:

@@ -107,7 +107,8 @@ def train(config, workdir: str, *, teacher=None, data: splits.Data | None = None
     model = models.create(config.model, info.num_classes,
                           dtype=state_lib.COMPUTE_DTYPES[config.compute_dtype])
     loader = data_lib.make_loader(data.train, batch_size=config.batch_size, seed=seed,
-                                  train=True, augment=info.augmentation)
+                                  train=True, augment=info.augmentation,
+                                  prefetch=config.input.prefetch, workers=config.input.workers)
     steps_per_epoch = loader.steps_per_epoch
     total_steps = config.num_epochs * steps_per_epoch
     tx, schedule = state_lib.make_optimizer(config.optim, steps_per_epoch)
@@ -182,8 +183,10 @@ def train(config, workdir: str, *, teacher=None, data: splits.Data | None = None
         meta = dict(meta, selection=[*meta["selection"], stats], selection_epoch=epoch)
         print(f"kd_jax: {stage} selection round at epoch {epoch}: {stats['num_selected']} of "
               f"{stats['num_examples']} examples selected ({stats['criterion']})", flush=True)
-      for in_epoch, batch in enumerate(loader.epoch(epoch, first), start=first + 1):
-        state, metrics = train_step(state, parallel.shard_batch(batch, mesh))
+      batches = parallel.prefetch_to_mesh(loader.epoch(epoch, first), mesh,
+                                          config.input.device_prefetch)
+      for in_epoch, batch in enumerate(batches, start=first + 1):
+        state, metrics = train_step(state, batch)
         metric_sums.append(metrics)
         step += 1
         if progress.measured_from is None:  # compilation is not training time

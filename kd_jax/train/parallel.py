@@ -8,6 +8,9 @@ slice of every global batch and `shard_batch` assembles the global array with
 `jax.make_array_from_process_local_data`.
 """
 
+import collections
+from collections.abc import Iterator
+
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
@@ -85,3 +88,15 @@ def sync(name: str) -> None:
   """Barrier across processes (no-op for a single process)."""
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(name)
+
+
+def prefetch_to_mesh(batches: Iterator[dict], mesh: Mesh, size: int) -> Iterator[dict]:
+  """`shard_batch` of every batch, `size` batches ahead: the transfers are asynchronous, so
+  the next batches' copies to the devices overlap the running step (0: none ahead)."""
+  ahead = collections.deque()
+  for batch in batches:
+    ahead.append(shard_batch(batch, mesh))
+    if len(ahead) > size:
+      yield ahead.popleft()
+  while ahead:
+    yield ahead.popleft()

@@ -28,7 +28,7 @@ LOCK = ".lock"
 # (`teacher_cache.teacher_fingerprint`).
 _NOT_RESULT_FIELDS = ("name", "log_every_steps", "eval_every_epochs", "eval_test_every_epochs",
                       "eval_batch_size", "checkpoint", "distributed", "stages", "teacher",
-                      "student", "generations", "teacher_cache")
+                      "student", "generations", "teacher_cache", "input")
 
 
 class WorkdirError(ValueError):
