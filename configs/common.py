@@ -121,7 +121,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.student = student("resnet8x4", "kd")
   # Which stages run: "teacher,student" (the teacher stage is skipped when the student's
   # method needs no teacher or teacher.checkpoint names one), "teacher" (teacher only) or
-  # "student" (a teacher-free method, or a teacher from teacher.checkpoint).
+  # "student" (a teacher-free method, or a teacher from teacher.checkpoint); "precompute"
+  # or "teacher,precompute": no student, the teacher's outputs for the student's runs are
+  # written to the teacher-output cache (teacher_cache.dir) for a sweep to read.
   c.stages = "teacher,student"
 
   # Data Selection: read when the student's method selects (*_ds or method.select=True);

@@ -3,7 +3,9 @@
 A config file (configs/common.py) describes a teacher and a student; `run` trains the teacher
 (`workdir/teacher/`) unless the student needs none or `teacher.checkpoint` names one, then
 the student (`workdir/student/`), or hands over to the generations fold
-(`kd_jax.generations`). A teacher the same process just trained is handed over in memory;
+(`kd_jax.generations`). The `precompute` stage (`stages="teacher,precompute"` or
+`"precompute"`) trains no student: it fills the teacher-output cache (`teacher_cache.dir`)
+for the student's runs, so a sweep's methods all read it (kd_jax/train/teacher_cache.py). A teacher the same process just trained is handed over in memory;
 one from an earlier process is read from its final checkpoint. Every stage resumes or skips
 on its own, so rerunning a command after a kill or after it finished is safe.
 """
@@ -12,17 +14,31 @@ import dataclasses
 import os
 
 from kd_jax import generations, methods
-from kd_jax.train import checks, evaluate, loop, parallel, plots, splits, stage, teacher, workdir
+from kd_jax.train import (
+  checks,
+  evaluate,
+  loop,
+  parallel,
+  plots,
+  splits,
+  stage,
+  teacher,
+  teacher_cache,
+  workdir,
+)
 
 
 def stages(config) -> dict:
-  """Stage name -> stage config, for the stages this config trains (in order)."""
+  """Stage name -> stage config, for the stages this config runs (in order); `precompute`
+  gets the student's stage config (its data order, batch and epochs are what it caches)."""
   checks.check_stages(config.stages)
   names = config.stages.split(",")
   needs_teacher = methods.needs_teacher(config.student.method.name)
-  if "student" in names and (not needs_teacher or config.teacher.checkpoint):
+  uses_teacher = "student" in names or "precompute" in names
+  if uses_teacher and (not needs_teacher or config.teacher.checkpoint):
     names = [name for name in names if name != "teacher"]
-  return {name: stage.stage_config(config, name) for name in names}
+  return {name: stage.stage_config(config, "student" if name == "precompute" else name)
+          for name in names}
 
 
 def prepare(config) -> splits.Data:
@@ -52,6 +68,9 @@ def run(config, workdir_path: str, *, data: splits.Data | None = None) -> dict:
       trained_teacher = dataclasses.replace(
           trained_teacher, test_accuracy=summary["teacher"]["test_accuracy"])
     for name, stage_cfg in stages(config).items():
+      if name == "precompute":
+        summary[name] = precompute(stage_cfg, trained_teacher, data, mesh)
+        continue
       stage_dir = os.path.join(workdir_path, name)
       result = loop.train(stage_cfg, stage_dir, teacher=trained_teacher, data=data, mesh=mesh)
       summary[name] = result.summary
@@ -67,6 +86,16 @@ def run(config, workdir_path: str, *, data: splits.Data | None = None) -> dict:
     workdir.write_json(os.path.join(workdir_path, "config.json"), config.to_dict())
     workdir.write_json(os.path.join(workdir_path, "summary.json"), summary)
   return summary
+
+
+def precompute(student_config, trained_teacher, data, mesh) -> dict:
+  """Fills the teacher-output cache for `student_config`'s runs; what it wrote and read."""
+  cache = teacher_cache.precompute(student_config, trained_teacher, data, mesh)
+  print(f"kd_jax: precompute: teacher outputs for {student_config.num_epochs} epoch(s) in "
+        f"{cache.directory}/{cache.key} ({len(cache.computed)} computed, {len(cache.read)} "
+        "already there)", flush=True)
+  return dict(stage="precompute", cache_dir=cache.directory, key=cache.key,
+              per_epoch=cache.per_epoch, computed=len(cache.computed), read=len(cache.read))
 
 
 def loaded_teacher_summary(loaded: teacher.Teacher, data, mesh, config) -> dict:

@@ -258,3 +258,38 @@ def test_bad_dtype_format_or_cache_dir_names_the_field(tmp_path):
 def _with(config, **fields):
   return common.set_fields(config.copy_and_resolve_references(),
                            {k.replace("__", "."): v for k, v in fields.items()})
+
+
+def test_precompute_stage_fills_the_cache_that_the_student_runs_read(tmp_path, monkeypatch):
+  """`stages=teacher,precompute` trains the teacher and writes its outputs; two students of
+  the sweep (teacher from its checkpoint) then read them: no teacher pass of their own."""
+  cache_dir = str(tmp_path / "cache")
+  config = trainer_util.tiny_config(**_FAST, stages="teacher,precompute",
+                                    teacher_cache__dir=cache_dir)
+  summary = pipeline.run(config, str(tmp_path / "teacher_run"))
+  assert "student" not in summary and summary["precompute"]["computed"] == 1
+  assert summary["precompute"]["key"] in os.listdir(cache_dir)
+  calls = _counting(monkeypatch)
+  for method in ("kd", "lr"):
+    student = trainer_util.tiny_config(**_FAST, stages="student", teacher_cache__dir=cache_dir,
+                                       teacher__checkpoint=str(tmp_path / "teacher_run" /
+                                                               "teacher"))
+    student.student.method.name = method
+    result = pipeline.run(student, str(tmp_path / method))["student"]
+    assert result["teacher_cache"]["key"] == summary["precompute"]["key"]
+  assert not calls
+  # Rerun: the tables are there, nothing is computed again.
+  again = pipeline.run(config, str(tmp_path / "teacher_run"))["precompute"]
+  assert (again["key"], again["computed"], again["read"]) == (summary["precompute"]["key"], 0, 1)
+
+
+@pytest.mark.parametrize("overrides, field", [
+    (dict(teacher_cache__dir=""), "teacher_cache.dir"),
+    (dict(teacher_cache__dir="CACHE", student__method__name="ce"), "stages"),
+])
+def test_precompute_without_a_cache_or_a_teacher_method_names_the_field(
+    overrides, field, tmp_path):
+  overrides = {k: v.replace("CACHE", str(tmp_path)) for k, v in overrides.items()}
+  config = trainer_util.tiny_config(**_FAST, stages="teacher,precompute", **overrides)
+  with pytest.raises(ValueError, match=f"^{field}="):
+    pipeline.prepare(config)

@@ -16,7 +16,7 @@ from kd_jax import methods, models, selection
 from kd_jax.train import checkpoint, teacher_cache, workdir
 from kd_jax.train import state as state_lib
 
-STAGES = ("teacher,student", "teacher", "student")
+STAGES = ("teacher,student", "teacher", "student", "teacher,precompute", "precompute")
 SELECTION_MODELS = ("student", "teacher")
 INFLUENCE_TARGETS = ("teacher", "teacher_minus_label")
 
@@ -161,11 +161,18 @@ def check_pipeline(config, data, stage_configs: dict) -> None:
           f"a teacher trained from labels uses one of {', '.join(methods.TEACHER_FREE)}")
   if config.teacher.checkpoint:
     check_teacher_checkpoint(config.teacher.checkpoint, config.teacher.model, data.info)
-  student = stage_configs.get("student")
+  student = stage_configs.get("student", stage_configs.get("precompute"))
   if (student is not None and methods.needs_teacher(student.method.name)
       and "teacher" not in stage_configs and not config.teacher.checkpoint):
     fail("stages", config.stages, f"student.method.name={student.method.name!r} needs a "
           "teacher: add the teacher stage or set teacher.checkpoint")
+  if "precompute" in stage_configs:
+    if not methods.needs_teacher(student.method.name):
+      fail("stages", config.stages, "the precompute stage caches the teacher's outputs for "
+           f"the student, but student.method.name={student.method.name!r} uses no teacher")
+    if not config.teacher_cache.dir:
+      fail("teacher_cache.dir", config.teacher_cache.dir,
+           "the precompute stage writes the teacher-output cache: set its directory")
 
 
 def check_generations(config, num_classes: int) -> None:
