@@ -64,7 +64,8 @@ def run(config, workdir_path: str, *, data: splits.Data | None = None) -> dict:
     if config.teacher.checkpoint and methods.needs_teacher(config.student.method.name):
       trained_teacher = teacher.load(config.teacher.checkpoint, config.teacher.model,
                                      data.info, mesh)
-      summary["teacher"] = loaded_teacher_summary(trained_teacher, data, mesh, config)
+      summary["teacher"] = loaded_teacher_summary(trained_teacher, data, mesh, config,
+                                                  workdir_path)
       trained_teacher = dataclasses.replace(
           trained_teacher, test_accuracy=summary["teacher"]["test_accuracy"])
     for name, stage_cfg in stages(config).items():
@@ -98,8 +99,16 @@ def precompute(student_config, trained_teacher, data, mesh) -> dict:
               per_epoch=cache.per_epoch, computed=len(cache.computed), read=len(cache.read))
 
 
-def loaded_teacher_summary(loaded: teacher.Teacher, data, mesh, config) -> dict:
-  """Test metrics of a teacher loaded from `teacher.checkpoint` (its source recorded)."""
+def loaded_teacher_summary(loaded: teacher.Teacher, data, mesh, config,
+                           workdir_path: str | None = None) -> dict:
+  """Test metrics of a teacher loaded from `teacher.checkpoint` (its source recorded); taken
+  from the workdir's earlier summary.json when it holds this very teacher (same fingerprint:
+  model and variables CRC32), so a rerun does not evaluate it again."""
+  earlier_path = os.path.join(workdir_path or "", "summary.json")
+  if workdir_path and os.path.exists(earlier_path):
+    earlier = workdir.read_json(earlier_path).get("teacher") or {}
+    if earlier.get("trained") is False and earlier.get("fingerprint") == loaded.fingerprint:
+      return dict(earlier, teacher_checkpoint=loaded.source)
   test = evaluate.evaluate(evaluate.make_eval_fn(loaded.model), loaded.variables,
                            evaluate.eval_loader(data.test, config.eval_batch_size), mesh)
   return dict(stage="teacher", model=loaded.model_name, teacher_checkpoint=loaded.source,

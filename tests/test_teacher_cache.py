@@ -293,3 +293,20 @@ def test_precompute_without_a_cache_or_a_teacher_method_names_the_field(
   config = trainer_util.tiny_config(**_FAST, stages="teacher,precompute", **overrides)
   with pytest.raises(ValueError, match=f"^{field}="):
     pipeline.prepare(config)
+
+
+def test_a_rerun_takes_the_loaded_teachers_test_metrics_from_its_summary(tmp_path, monkeypatch):
+  """A teacher from teacher.checkpoint is evaluated once per workdir; a rerun with the same
+  teacher (same fingerprint) reuses the recorded metrics and evaluates nothing."""
+  teacher_run = str(tmp_path / "teacher_run")
+  pipeline.run(trainer_util.tiny_config(**_FAST, stages="teacher"), teacher_run)
+  config = trainer_util.tiny_config(**_FAST, stages="student",
+                                    teacher__checkpoint=os.path.join(teacher_run, "teacher"))
+  first = pipeline.run(config, str(tmp_path / "student_run"))
+  calls = []
+  original = pipeline.evaluate.evaluate
+  monkeypatch.setattr(pipeline.evaluate, "evaluate",
+                      lambda *a, **k: calls.append(1) or original(*a, **k))
+  again = pipeline.run(config, str(tmp_path / "student_run"))
+  assert not calls and again["teacher"] == first["teacher"]
+  assert again["teacher"]["test_accuracy"] == first["student"]["teacher_test_accuracy"]
