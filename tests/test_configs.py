@@ -19,7 +19,7 @@ NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet2012": 1000, "mnist1d": 
 
 def test_every_experiment_has_a_config():
   assert {"quickstart", "mnist1d", "synthetic", "cifar100", "imagenet", "synthetic_generations",
-          "cifar100_generations"} <= set(CONFIGS)
+          "mnist1d_generations", "cifar100_generations"} <= set(CONFIGS)
 
 
 @pytest.mark.parametrize("name", CONFIGS)

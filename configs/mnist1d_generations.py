@@ -1,0 +1,28 @@
+r"""Generations with a tolerant teacher on MNIST-1D (offline, CPU): cnn1d_large x 4.
+
+Generation 0 (the patriarch) is a cnn1d_large trained with CE + u(eta) * TSD (eta = 0.6,
+K = 5, u ramped over 2 epochs); generations 1..3 are cnn1d_larges trained from scratch with
+0.6 * CE + 0.4 * KD at T = 1 from the previous generation's final checkpoint. 10 epochs per
+generation (a chain runs in about a minute on 2 CPU cores). MNIST-1D has no superclasses:
+its secondary-information metrics are mean_entropy, top_gap and ECE.
+
+  python -m kd_jax.main --config=configs/mnist1d_generations.py --workdir=/tmp/m1d_gen \
+      [--config.teacher.method.tsd_eta=0.0]   # a strict patriarch, for comparison
+"""
+
+from configs import common, mnist1d
+
+
+def get_config(arg=None):
+  c = mnist1d.get_config()
+  c.name = "mnist1d_generations"
+  c.num_epochs = 10
+  c.teacher = common.teacher("cnn1d_large", "tsd", tsd_eta=0.6, tsd_num_secondary=5,
+                             tsd_warmup_epochs=2.0, tsd_schedule="linear",
+                             tsd_primary="argmax", target_temperature=1.0)
+  c.student = common.student("cnn1d_large", "kd", temperature=1.0, ce_weight=0.6, kd_weight=0.4,
+                             target_temperature=1.0)
+  c.generations.num = 4
+  c.eval_test_every_epochs = 0
+  c.checkpoint.every_steps = 0
+  return common.apply_variant(c, arg)
