@@ -30,6 +30,8 @@ A NaN produced this way is caught by `jax.experimental.checkify`:
 This module imports nothing else of kd_jax.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -132,6 +134,89 @@ def _checked_labels(labels, num_classes, name="labels"):
   return labels, None
 
 
+
+# ------------------------------------------------------------ student cross entropy
+#
+# `_soft_xent` is the student side of every soft-target loss here (soft_cross_entropy, kd,
+# kl_to_targets) with a hand-written backward pass: the forward pass computes
+# `exp((z - max) / T)` once (XLA's CPU loop emitter, faster than an exp inside its row
+# reductions), reduces it, and keeps it for the backward pass, which is one elementwise
+# expression `(sum(w) p - w) / T`. Differentiating the log-softmax form instead makes XLA
+# materialise log p, exp(log p) and the products with the target separately (measured in
+# experiments/results/perf_losses/).
+
+
+def _is_one(x):
+  return isinstance(x, (int, float)) and x == 1
+
+
+def _inv(temperature):
+  """`1 / T`: a Python float for a Python-number T (1 for T = 1), else an array."""
+  if isinstance(temperature, (int, float)):
+    return 1 if temperature == 1 else 1.0 / temperature
+  return 1.0 / temperature
+
+
+def _row_lse(z, inv_t):
+  """`(max_c z_c, log sum_c exp((z_c - max) / T))`, both `[..., 1]`."""
+  m = jnp.max(z, axis=-1, keepdims=True)
+  e = jnp.exp(z - m) if _is_one(inv_t) else jnp.exp(z * inv_t - m * inv_t)
+  return m, jnp.log(jnp.sum(e, axis=-1, keepdims=True))
+
+
+def _soft_xent(z, w, inv_t):
+  """`-sum_c w_c log p(z, T)_c = sum(w) * logsumexp(z / T) - sum_c w_c z_c / T` per row.
+
+  `z` float32 logits, `w` float32 weights (a target distribution; no gradient), `inv_t` is
+  `1 / T`. Gradient w.r.t. z: `(sum(w) p(z, T) - w) / T`. A Python-number `inv_t` uses the
+  custom-VJP kernel; a traced one (a traced temperature) the same equation differentiated
+  by JAX (so the temperature gets its gradient too).
+  """
+  if isinstance(inv_t, (int, float)):
+    return _soft_xent_fused(z, w, inv_t)
+  m, l = _row_lse(z, inv_t)
+  m = jax.lax.stop_gradient(m)
+  return (jnp.sum(w, axis=-1, keepdims=True) * l
+          + inv_t * jnp.sum(w * (m - z), axis=-1, keepdims=True))[..., 0]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _soft_xent_fused(z, w, inv_t):
+  return _soft_xent_fwd(z, w, inv_t)[0]
+
+
+def _soft_xent_fwd(z, w, inv_t):
+  m = jnp.max(z, axis=-1, keepdims=True)
+  e = jnp.exp(z - m) if _is_one(inv_t) else jnp.exp((z - m) * inv_t)
+  total = jnp.sum(e, axis=-1, keepdims=True)
+  sw = jnp.sum(w, axis=-1, keepdims=True)
+  # sum(w) lse(z/T) - sum(w z)/T, grouped as sum(w) log(total) + sum(w (m - z))/T: both
+  # terms >= 0 for w >= 0, so large logits do not cancel.
+  cross = jnp.sum(w * (m - z), axis=-1, keepdims=True)
+  value = sw * jnp.log(total) + inv_t * cross
+  return value[..., 0], (w, e, sw / total)
+
+
+def _soft_xent_bwd(inv_t, res, g):
+  w, e, scale = res  # e / total = p(z, T)
+  return g[..., None] * inv_t * (scale * e - w), None
+
+
+_soft_xent_fused.defvjp(_soft_xent_fwd, _soft_xent_bwd)
+
+
+def _teacher_log_probs_sum(teacher_logits, inv_t):
+  """`(q, sum_c q_c log q_c)` for `q = p(z_t, T)`."""
+  t = _as_float32(teacher_logits)
+  shifted = t - jnp.max(t, axis=-1, keepdims=True)
+  if not _is_one(inv_t):
+    shifted = shifted * inv_t
+  e = jnp.exp(shifted)
+  total = jnp.sum(e, axis=-1, keepdims=True)
+  q = e / total
+  return q, jnp.sum(q * (shifted - jnp.log(total)), axis=-1)
+
+
 def log_softmax(logits, temperature=1.0):
   """`log p(z, T)` in float32, `[..., C]`; stable for logits of any magnitude."""
   return jax.nn.log_softmax(_as_float32(logits) / temperature, axis=-1)
@@ -154,6 +239,47 @@ def cross_entropy(logits, labels):
   return _nan_unless(valid, ce)
 
 
+def label_smoothing_cross_entropy(logits, labels, epsilon, spread="all"):
+  """Cross entropy toward the label-smoothed target, in closed form (no `[B, C]` target).
+
+  `H((1 - eps) e_y + eps / C, p(z, 1)) = (1 - eps) CE(z, y) + eps (logsumexp(z) - mean_c z_c)`
+  for `spread="all"` (`kd_jax.targets.smooth`); for `spread="others"` (`eps / (C - 1)` on the
+  C - 1 non-target classes) the last mean runs over `c != y`. Equal, to float32 rounding, to
+  `soft_cross_entropy(logits, targets.smooth(labels, C, epsilon, spread))`.
+
+  Args:
+    logits: `[B, C]`.
+    labels: `[B]` integers in `[0, C)`; out of range: ValueError when concrete, NaN for that
+      example when traced.
+    epsilon: smoothing mass in `[0, 1]`: a Python number is checked eagerly (ValueError); a
+      traced one outside makes every output NaN.
+    spread: "all" or "others".
+
+  Returns:
+    `[B]` float32.
+  """
+  _check_shapes("logits", logits, labels=labels)
+  num_classes = np.shape(logits)[-1]
+  eps = _concrete(epsilon)
+  if eps is None:
+    epsilon = _nan_unless((0 <= epsilon) & (epsilon <= 1), epsilon)
+  elif not 0 <= eps <= 1:
+    raise ValueError(f"epsilon={epsilon!r} is not allowed: must be in [0, 1]")
+  if spread not in ("all", "others"):
+    raise ValueError(f"spread={spread!r} is not allowed: must be 'all' or 'others'")
+  labels, valid = _checked_labels(labels, num_classes)
+  z = _as_float32(logits)
+  ce = optax.softmax_cross_entropy_with_integer_labels(z, labels)  # logsumexp(z) - z_y
+  lse = jax.nn.logsumexp(z, axis=-1)
+  if spread == "all":
+    rest = lse - jnp.mean(z, axis=-1)
+  else:
+    z_y = lse - ce
+    rest = lse - (jnp.sum(z, axis=-1) - z_y) / (num_classes - 1)
+  loss = (1.0 - epsilon) * ce + epsilon * rest
+  return _nan_unless(valid, loss)
+
+
 def soft_cross_entropy(logits, targets):
   """Cross entropy with soft targets: `H(q, z) = -sum_c q_c log p(z, 1)_c`.
 
@@ -168,7 +294,7 @@ def soft_cross_entropy(logits, targets):
   """
   _check_shapes("logits", logits, "targets", targets)
   targets = jax.lax.stop_gradient(_as_float32(targets))
-  return optax.softmax_cross_entropy(_as_float32(logits), targets)
+  return _soft_xent(_as_float32(logits), targets, 1)
 
 
 def kd(student_logits, teacher_logits, temperature):
@@ -190,9 +316,11 @@ def kd(student_logits, teacher_logits, temperature):
   """
   _check_shapes("student_logits", student_logits, "teacher_logits", teacher_logits)
   temperature = check_temperature(temperature)
-  log_teacher = jax.lax.stop_gradient(log_softmax(teacher_logits, temperature))
-  log_student = log_softmax(student_logits, temperature)
-  return temperature**2 * optax.losses.kl_divergence_with_log_targets(log_student, log_teacher)
+  inv_t = _inv(temperature)
+  q, neg_entropy = _teacher_log_probs_sum(jax.lax.stop_gradient(teacher_logits), inv_t)
+  q, neg_entropy = jax.lax.stop_gradient((q, neg_entropy))
+  # KL(q || p_s) = sum q log q - sum q log p_s; the second sum is the fused cross entropy.
+  return temperature**2 * (neg_entropy + _soft_xent(_as_float32(student_logits), q, inv_t))
 
 
 def kl_to_targets(student_logits, targets, temperature):
@@ -215,8 +343,9 @@ def kl_to_targets(student_logits, targets, temperature):
   _check_shapes("student_logits", student_logits, "targets", targets)
   temperature = check_temperature(temperature)
   targets = jax.lax.stop_gradient(_as_float32(targets))
-  log_student = log_softmax(student_logits, temperature)
-  return temperature**2 * optax.losses.kl_divergence(log_student, targets)
+  neg_entropy = jnp.sum(targets * jnp.where(targets == 0, 0.0, jnp.log(targets)), axis=-1)
+  return temperature**2 * (neg_entropy + _soft_xent(_as_float32(student_logits), targets,
+                                                    _inv(temperature)))
 
 
 def tsd(logits, num_secondary=5, labels=None):

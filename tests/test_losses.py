@@ -503,3 +503,25 @@ def test_checkify_catches_invalid_temperature_and_labels():
     assert err.get() is not None and "nan" in err.get(), (t, err.get())
     with pytest.raises(checkify.JaxRuntimeError):
       err.throw()
+
+
+# ------------------------------------------------------- closed-form label smoothing
+
+
+@pytest.mark.parametrize("spread", ["all", "others"])
+def test_label_smoothing_closed_form_matches_target_form(spread):
+  from kd_jax import targets
+  rng = np.random.default_rng(7)
+  z = jnp.asarray(5.0 * rng.normal(size=(6, 13)), jnp.float32)
+  y = jnp.asarray(rng.integers(0, 13, 6))
+  closed = lambda z: losses.label_smoothing_cross_entropy(z, y, 0.2, spread)
+  target = lambda z: losses.soft_cross_entropy(z, targets.smooth(y, 13, 0.2, spread))
+  np.testing.assert_allclose(closed(z), target(z), rtol=1e-6, atol=1e-6)
+  g1 = jax.grad(lambda z: closed(z).sum())(z)
+  g2 = jax.grad(lambda z: target(z).sum())(z)
+  np.testing.assert_allclose(g1, g2, rtol=1e-5, atol=1e-6)
+  bad = jax.jit(lambda z, y: losses.label_smoothing_cross_entropy(z, y, 0.2, spread))(
+      z, y.at[2].set(13))
+  assert np.isnan(bad[2]) and np.all(np.isfinite(np.delete(np.asarray(bad), 2)))
+  with pytest.raises(ValueError, match="epsilon=1.5"):
+    losses.label_smoothing_cross_entropy(z, y, 1.5, spread)
