@@ -164,6 +164,115 @@ def _row_lse(z, inv_t):
   return m, jnp.log(jnp.sum(e, axis=-1, keepdims=True))
 
 
+def _exp_shifted(z, inv_t=1):
+  """`(max_c z_c, exp((z - max) / T))`: the one exp pass of a row softmax, `[..., 1]`, `[..., C]`.
+
+  Every kernel below computes it with the same expression, so XLA computes it once when
+  several terms (CE, a soft cross entropy at T = 1, the entropy, TSD) read the same logits.
+  """
+  m = jnp.max(z, axis=-1, keepdims=True)
+  return m, jnp.exp(z - m) if _is_one(inv_t) else jnp.exp((z - m) * inv_t)
+
+
+def _one_hot_mask(labels, shape):
+  return jax.lax.broadcasted_iota(labels.dtype, shape, len(shape) - 1) == labels[..., None]
+
+
+@jax.custom_vjp
+def _label_xent(z, labels):
+  """`CE(z, y) = logsumexp(z) - z_y` per row (float32 `z`, int `labels` in range).
+
+  Gradient `p(z, 1) - e_y` in one elementwise pass (no scatter)."""
+  return _label_xent_fwd(z, labels)[0]
+
+
+def _label_xent_fwd(z, labels):
+  m, e = _exp_shifted(z)
+  total = jnp.sum(e, axis=-1, keepdims=True)
+  z_y = jnp.take_along_axis(z, labels[..., None], axis=-1)
+  return ((m - z_y) + jnp.log(total))[..., 0], (e / total, labels)
+
+
+def _label_xent_bwd(res, g):
+  p, labels = res
+  g = g[..., None]
+  return g * p - jnp.where(_one_hot_mask(labels, p.shape), g, 0.0), None
+
+
+_label_xent.defvjp(_label_xent_fwd, _label_xent_bwd)
+
+
+@jax.custom_vjp
+def _entropy(z):
+  """`H(p(z, 1)) = log S - sum_c e_c (z_c - m) / S` per row (`e = exp(z - m)`, `S = sum e`).
+
+  Gradient `-p (log p + H)` in one elementwise pass."""
+  return _entropy_fwd(z)[0]
+
+
+def _entropy_fwd(z):
+  m, e = _exp_shifted(z)
+  total = jnp.sum(e, axis=-1, keepdims=True)
+  log_total = jnp.log(total)
+  h = log_total - jnp.sum(e * (z - m), axis=-1, keepdims=True) / total
+  return h[..., 0], (z, e / total, m + log_total - h)
+
+
+def _entropy_bwd(res, g):
+  z, p, shift = res  # log p + H = z - (m + log S - H)
+  return (-g[..., None] * p * (z - shift),)
+
+
+_entropy.defvjp(_entropy_fwd, _entropy_bwd)
+
+
+def _rank_weights(primary, order):
+  """Per-rank weights of `_primary_minus_secondary`: +1 for the primary, -1/K per secondary."""
+  n = order.shape[-1]
+  if primary is None:  # order[..., 0] is the primary, the K = n - 1 others the secondaries
+    return np.array([1.0] + [-1.0 / (n - 1)] * (n - 1), np.float32)
+  return np.full((n,), -1.0 / n, np.float32)
+
+
+@jax.custom_vjp
+def _primary_minus_secondary(z, primary, order):
+  """`p_a - (1/K) sum_k p_{b_k}` per row, `p = p(z, 1)` (float32 `z`).
+
+  `primary=None`: `a = order[..., 0]`, `b = order[..., 1:]`; else `a = primary [...]`,
+  `b = order [..., K]` (ints, no gradient). Gradient `p (w - value)` with `w` the weights at
+  `a` and the `b_k`, in one elementwise pass (no gather transpose / scatter). `order` is not
+  sliced before an optimization barrier: XLA turns `top_k` into its fast TopK kernel only
+  when the sort's result is used whole.
+  """
+  return _primary_minus_secondary_fwd(z, primary, order)[0]
+
+
+def _primary_minus_secondary_fwd(z, primary, order):
+  _, e = _exp_shifted(z)
+  total = jnp.sum(e, axis=-1)
+  weighted = jnp.sum(jnp.take_along_axis(e, order, axis=-1) * _rank_weights(primary, order),
+                     axis=-1)
+  if primary is not None:
+    weighted = weighted + jnp.take_along_axis(e, primary[..., None], axis=-1)[..., 0]
+  value = weighted / total
+  return value, (e / total[..., None], primary, order, value)
+
+
+def _primary_minus_secondary_bwd(res, g):
+  p, primary, order, value = res
+  # The barrier keeps these column slices from merging into the sort that made `order`.
+  columns = jax.lax.optimization_barrier(order)
+  w = 0.0
+  for k, weight in enumerate(_rank_weights(primary, order)):
+    w = w + jnp.where(_one_hot_mask(columns[..., k], p.shape), float(weight), 0.0)
+  if primary is not None:
+    w = w + _one_hot_mask(primary, p.shape).astype(p.dtype)
+  return g[..., None] * p * (w - value[..., None]), None, None
+
+
+_primary_minus_secondary.defvjp(_primary_minus_secondary_fwd, _primary_minus_secondary_bwd)
+
+
 def _soft_xent(z, w, inv_t):
   """`-sum_c w_c log p(z, T)_c = sum(w) * logsumexp(z / T) - sum_c w_c z_c / T` per row.
 
@@ -186,13 +295,13 @@ def _soft_xent_fused(z, w, inv_t):
 
 
 def _soft_xent_fwd(z, w, inv_t):
-  m = jnp.max(z, axis=-1, keepdims=True)
-  e = jnp.exp(z - m) if _is_one(inv_t) else jnp.exp((z - m) * inv_t)
+  m, e = _exp_shifted(z, inv_t)
   total = jnp.sum(e, axis=-1, keepdims=True)
   sw = jnp.sum(w, axis=-1, keepdims=True)
-  # sum(w) lse(z/T) - sum(w z)/T, grouped as sum(w) log(total) + sum(w (m - z))/T: both
-  # terms >= 0 for w >= 0, so large logits do not cancel.
-  cross = jnp.sum(w * (m - z), axis=-1, keepdims=True)
+  # sum(w) lse(z/T) - sum(w z)/T = sum(w) log(total) + (sum(w) m - sum(w z))/T. (Summing
+  # w (m - z) instead would be exact for huge logits but makes XLA write the broadcast max;
+  # the difference is float32 rounding of |z|, e.g. 3e-3 at logits of 3e4.)
+  cross = sw * m - jnp.sum(w * z, axis=-1, keepdims=True)
   value = sw * jnp.log(total) + inv_t * cross
   return value[..., 0], (w, e, sw / total)
 
@@ -203,6 +312,36 @@ def _soft_xent_bwd(inv_t, res, g):
 
 
 _soft_xent_fused.defvjp(_soft_xent_fwd, _soft_xent_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _kd_fused(z, t, inv_t):
+  """`KL(p(t, T) || p(z, T))` per row for float32 logits and a Python `inv_t = 1 / T`.
+
+  With `e_s = exp((z - max z) / T)`, `e_t = exp((t - max t) / T)` and their row sums S_s, S_t:
+  `KL = sum_c e_t (t - z)_c / (T S_t) + (max z - max t) / T + log S_s - log S_t` (the
+  teacher's probabilities sum to 1). Gradient w.r.t. z: `(e_s / S_s - e_t / S_t) / T`.
+  Written: `e_s`, `e_t` and the gradient; no log-probabilities or products.
+  """
+  return _kd_fused_fwd(z, t, inv_t)[0]
+
+
+def _kd_fused_fwd(z, t, inv_t):
+  m_s, e_s = _exp_shifted(z, inv_t)
+  m_t, e_t = _exp_shifted(t, inv_t)
+  total_s = jnp.sum(e_s, axis=-1, keepdims=True)
+  total_t = jnp.sum(e_t, axis=-1, keepdims=True)
+  cross = jnp.sum(e_t * (t - z), axis=-1, keepdims=True)
+  kl = (cross / total_t + (m_s - m_t)) * inv_t + (jnp.log(total_s) - jnp.log(total_t))
+  return kl[..., 0], (e_s / total_s, e_t / total_t)
+
+
+def _kd_fused_bwd(inv_t, res, g):
+  p_s, p_t = res
+  return g[..., None] * inv_t * (p_s - p_t), None
+
+
+_kd_fused.defvjp(_kd_fused_fwd, _kd_fused_bwd)
 
 
 def _teacher_log_probs_sum(teacher_logits, inv_t):
@@ -235,8 +374,7 @@ def cross_entropy(logits, labels):
   """
   _check_shapes("logits", logits, labels=labels)
   labels, valid = _checked_labels(labels, np.shape(logits)[-1])
-  ce = optax.softmax_cross_entropy_with_integer_labels(_as_float32(logits), labels)
-  return _nan_unless(valid, ce)
+  return _nan_unless(valid, _label_xent(_as_float32(logits), labels))
 
 
 def label_smoothing_cross_entropy(logits, labels, epsilon, spread="all"):
@@ -274,8 +412,7 @@ def label_smoothing_cross_entropy(logits, labels, epsilon, spread="all"):
   if spread == "all":
     rest = lse - jnp.mean(z, axis=-1)
   else:
-    z_y = lse - ce
-    rest = lse - (jnp.sum(z, axis=-1) - z_y) / (num_classes - 1)
+    rest = lse - (jnp.sum(z, axis=-1) - (lse - ce)) / (num_classes - 1)
   loss = (1.0 - epsilon) * ce + epsilon * rest
   return _nan_unless(valid, loss)
 
@@ -317,9 +454,11 @@ def kd(student_logits, teacher_logits, temperature):
   _check_shapes("student_logits", student_logits, "teacher_logits", teacher_logits)
   temperature = check_temperature(temperature)
   inv_t = _inv(temperature)
-  q, neg_entropy = _teacher_log_probs_sum(jax.lax.stop_gradient(teacher_logits), inv_t)
-  q, neg_entropy = jax.lax.stop_gradient((q, neg_entropy))
-  # KL(q || p_s) = sum q log q - sum q log p_s; the second sum is the fused cross entropy.
+  teacher_logits = jax.lax.stop_gradient(_as_float32(teacher_logits))
+  if isinstance(inv_t, (int, float)):
+    return temperature**2 * _kd_fused(_as_float32(student_logits), teacher_logits, inv_t)
+  # A traced temperature: KL(q || p_s) = sum q log q - sum q log p_s, differentiated by JAX.
+  q, neg_entropy = jax.lax.stop_gradient(_teacher_log_probs_sum(teacher_logits, inv_t))
   return temperature**2 * (neg_entropy + _soft_xent(_as_float32(student_logits), q, inv_t))
 
 
@@ -372,19 +511,18 @@ def tsd(logits, num_secondary=5, labels=None):
   _check_shapes("logits", logits, labels=labels)
   num_classes = logits.shape[-1]
   check_int_range("num_secondary", num_secondary, 1, num_classes - 1)
-  probs = jax.nn.softmax(_as_float32(logits), axis=-1)
+  z = _as_float32(logits)
+  # Classes are ranked by exp(z - max z), which orders them as p does (p divides it by the
+  # row sum); the ranking is under stop_gradient, the probabilities are differentiable.
+  _, e = _exp_shifted(z)
+  e = jax.lax.stop_gradient(e)
   if labels is None:
-    _, order = jax.lax.top_k(jax.lax.stop_gradient(probs), num_secondary + 1)
-    ranked = jnp.take_along_axis(probs, order, axis=-1)
-    return ranked[..., 0] - jnp.mean(ranked[..., 1:], axis=-1)
+    _, order = jax.lax.top_k(e, num_secondary + 1)
+    return _primary_minus_secondary(z, None, order)
   labels, valid = _checked_labels(labels, num_classes)
-  is_primary = jax.nn.one_hot(labels, num_classes, dtype=bool)
-  primary = jnp.sum(jnp.where(is_primary, probs, 0.0), axis=-1)
   # The primary's own entry ranks below every other class when choosing the secondary ones.
-  others = jnp.where(is_primary, -1.0, jax.lax.stop_gradient(probs))
-  _, order = jax.lax.top_k(others, num_secondary)
-  secondary = jnp.mean(jnp.take_along_axis(probs, order, axis=-1), axis=-1)
-  return _nan_unless(valid, primary - secondary)
+  _, order = jax.lax.top_k(jnp.where(_one_hot_mask(labels, z.shape), -1.0, e), num_secondary)
+  return _nan_unless(valid, _primary_minus_secondary(z, labels, order))
 
 
 def entropy(logits):
@@ -400,8 +538,7 @@ def entropy(logits):
     `[B]` float32 in `[0, log C]`; summed over classes only.
   """
   _check_shapes("logits", logits)
-  log_probs = log_softmax(logits)
-  return -jnp.sum(jnp.exp(log_probs) * log_probs, axis=-1)
+  return _entropy(_as_float32(logits))
 
 
 def _binary_kl(log_p, log_not_p, log_q, log_not_q):
