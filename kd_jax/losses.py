@@ -568,6 +568,73 @@ def _dkd_from_log_probs(student_logits, log_teacher, labels, alpha, beta, temper
   return _nan_unless(valid, temperature**2 * (alpha * tckd + beta * nckd))
 
 
+def _dkd_rest_stats(scores, is_target):
+  """`(max, exp(scores - max), log sum)` over the non-target classes; exp is 0 at the target."""
+  m = jnp.max(jnp.where(is_target, -jnp.inf, scores), axis=-1, keepdims=True)
+  e = jnp.where(is_target, 0.0, jnp.exp(scores - m))
+  return m, e, jnp.log(jnp.sum(e, axis=-1, keepdims=True))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _dkd_fused(z, a, labels, alpha, beta, inv_t):
+  """`alpha TCKD + beta NCKD` per row (no T^2) for float32 student logits `z` at `T = 1/inv_t`
+  and teacher log-scores `a` (`t / T`, or log-probabilities; no gradient); Python-number
+  `alpha`, `beta`, `inv_t`; valid int labels.
+
+  Everything comes from one exp pass over the non-target classes of each side, shifted by
+  their own maximum (so a dominant target logit cannot underflow the rest): with `R` the
+  non-target sums, `log p_y` and `log(1 - p_y)` follow from `logaddexp(z_y / T, log R)`, and
+  `NCKD = sum_{c != y} e^t_c (a_c - z_c / T) / R^t + (max' z / T - max' a) + log R^s - log R^t`.
+  Gradient w.r.t. z, over T: `alpha (p_y - q_y)` at y and `alpha (q_y - p_y) pn_c + beta (pn_c -
+  qn_c)` elsewhere (`pn`, `qn` the renormalised non-target distributions).
+  """
+  return _dkd_fused_fwd(z, a, labels, alpha, beta, inv_t)[0]
+
+
+def _dkd_fused_fwd(z, a, labels, alpha, beta, inv_t):
+  is_target = _one_hot_mask(labels, z.shape)
+  zs = z if _is_one(inv_t) else z * inv_t
+  m_s, e_s, log_rest_s = _dkd_rest_stats(zs, is_target)
+  m_t, e_t, log_rest_t = _dkd_rest_stats(a, is_target)
+  z_y = jnp.take_along_axis(zs, labels[..., None], axis=-1)
+  a_y = jnp.take_along_axis(a, labels[..., None], axis=-1)
+  log_all_s = jnp.logaddexp(z_y, m_s + log_rest_s)
+  log_all_t = jnp.logaddexp(a_y, m_t + log_rest_t)
+  s_target, s_rest = z_y - log_all_s, m_s + log_rest_s - log_all_s
+  t_target, t_rest = a_y - log_all_t, m_t + log_rest_t - log_all_t
+  tckd = _binary_kl(t_target, t_rest, s_target, s_rest)
+  rest_t = jnp.exp(log_rest_t)
+  cross = jnp.sum(e_t * (a - zs), axis=-1, keepdims=True) / rest_t
+  nckd = cross + (m_s - m_t) + (log_rest_s - log_rest_t)
+  value = (alpha * tckd + beta * nckd)[..., 0]
+  res = (is_target, e_s / jnp.exp(log_rest_s), e_t / rest_t, jnp.exp(s_target),
+         jnp.exp(t_target))
+  return value, res
+
+
+def _dkd_fused_bwd(alpha, beta, inv_t, res, g):
+  is_target, p_rest, q_rest, p_y, q_y = res
+  g = g[..., None] * inv_t
+  non_target = alpha * (q_y - p_y) * p_rest + beta * (p_rest - q_rest)
+  dz = g * jnp.where(is_target, alpha * (p_y - q_y), non_target)
+  return dz, None, None
+
+
+_dkd_fused.defvjp(_dkd_fused_fwd, _dkd_fused_bwd)
+
+
+def _dkd_fast(student_logits, log_scores, labels, alpha, beta, temperature):
+  """`_dkd_from_log_probs` through the fused kernel, when alpha, beta and T are numbers."""
+  labels, valid = _checked_labels(labels, student_logits.shape[-1])
+  value = _dkd_fused(_as_float32(student_logits), jax.lax.stop_gradient(log_scores), labels,
+                     float(alpha), float(beta), _inv(temperature))
+  return _nan_unless(valid, temperature**2 * value)
+
+
+def _numbers(*values):
+  return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+
 def dkd(student_logits, teacher_logits, labels, alpha, beta, temperature):
   """Decoupled KD (Zhao et al. 2022), mdistiller's definition, per example.
 
@@ -594,6 +661,10 @@ def dkd(student_logits, teacher_logits, labels, alpha, beta, temperature):
   """
   _check_shapes("student_logits", student_logits, "teacher_logits", teacher_logits, labels)
   temperature = check_temperature(temperature)
+  if _numbers(alpha, beta, temperature):
+    scores = _as_float32(teacher_logits)
+    scores = scores if temperature == 1 else scores * _inv(temperature)
+    return _dkd_fast(student_logits, scores, labels, alpha, beta, temperature)
   log_teacher = jax.lax.stop_gradient(log_softmax(teacher_logits, temperature))
   return _dkd_from_log_probs(student_logits, log_teacher, labels, alpha, beta, temperature)
 
@@ -610,4 +681,6 @@ def dkd_to_targets(student_logits, targets, labels, alpha, beta, temperature):
   temperature = check_temperature(temperature)
   targets = jax.lax.stop_gradient(_as_float32(targets))
   log_teacher = jnp.log(jnp.maximum(targets, jnp.finfo(jnp.float32).tiny))
+  if _numbers(alpha, beta, temperature):
+    return _dkd_fast(student_logits, log_teacher, labels, alpha, beta, temperature)
   return _dkd_from_log_probs(student_logits, log_teacher, labels, alpha, beta, temperature)
