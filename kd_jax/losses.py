@@ -356,6 +356,15 @@ def _teacher_log_probs_sum(teacher_logits, inv_t):
   return q, jnp.sum(q * (shifted - jnp.log(total)), axis=-1)
 
 
+def softmax(logits, temperature=1.0):
+  """`p(z, T)` in float32, `[..., C]`: `exp((z - max z) / T)` over its row sum.
+
+  (Scaling after the shift rather than `softmax(z / T)`: the same value to rounding, and on
+  XLA's CPU backend it does not write a `[B, C]` broadcast of `1 / T`.)"""
+  _, e = _exp_shifted(_as_float32(logits), _inv(temperature))
+  return e / jnp.sum(e, axis=-1, keepdims=True)
+
+
 def log_softmax(logits, temperature=1.0):
   """`log p(z, T)` in float32, `[..., C]`; stable for logits of any magnitude."""
   return jax.nn.log_softmax(_as_float32(logits) / temperature, axis=-1)

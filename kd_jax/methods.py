@@ -378,11 +378,11 @@ def per_example_losses(config, student_logits, labels, teacher_logits=None, *, e
                                   supervised)
     else:
       read_t = config.target_temperature if name in _TARGET_VARIANTS else config.temperature
-      q = jax.nn.softmax(teacher_logits / read_t, axis=-1)
+      q = losses.softmax(teacher_logits, read_t)
       if revised:
         revision_t = config.revision_temperature
         if revision_t is not None and revision_t != read_t:
-          q = jax.nn.softmax(teacher_logits / revision_t, axis=-1)
+          q = losses.softmax(teacher_logits, revision_t)
         beta = targets.revision_beta(q, labels, config.eta)
         if config.revise_wrong_only:
           beta = jnp.where(correct, 1.0, beta)
