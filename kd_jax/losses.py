@@ -448,8 +448,9 @@ def kd(student_logits, teacher_logits, temperature):
 
   `KD_T = T^2 * sum_c p(z_t,T)_c * (log p(z_t,T)_c - log p(z_s,T)_c)`, the KL divergence
   `KL(p(z_t,T) || p(z_s,T))` summed over classes and multiplied by `T^2` so the gradient's
-  scale does not shrink as `1/T^2` (Hinton et al. 2015). Computed from log-probabilities
-  (no `log(softmax)`), so it stays finite for logits of magnitude 1e4.
+  scale does not shrink as `1/T^2` (Hinton et al. 2015). Computed from the max-shifted
+  logits of both sides (one `exp` pass each, their row sums, no `log(softmax)`), so it stays
+  finite for logits of magnitude 1e4; the gradient `T (p(z_s,T) - p(z_t,T))` is one pass.
 
   Args:
     student_logits: `[B, C]`.
@@ -538,7 +539,8 @@ def entropy(logits):
   """Shannon entropy of the model's distribution, `H(p(z, 1)) = -sum_c p_c log p_c`.
 
   The confidence penalty of Pereyra et al. (2017) trains `CE(z, y) - beta * entropy(z)`.
-  Computed from log-probabilities (stable for logits of magnitude 1e4, `0 log 0 = 0`).
+  Computed from the max-shifted logits, `log S - sum_c e_c (z_c - max z) / S` with
+  `e = exp(z - max z)`, `S = sum e` (stable for logits of magnitude 1e4, `0 log 0 = 0`).
 
   Args:
     logits: `[B, C]`.
@@ -651,9 +653,11 @@ def dkd(student_logits, teacher_logits, labels, alpha, beta, temperature):
   - `TCKD = KL([p_t^y, 1-p_t^y] || [p_s^y, 1-p_s^y])`, the binary target-vs-rest KL;
   - `NCKD = KL(p_t^{\\y} || p_s^{\\y})` between the distributions over the C-1 non-target
     classes, each renormalised (`p^{\\y}_c = p_c / (1 - p^y)`).
-  mdistiller divides the batch sum by B; here nothing is reduced. Computed in log space with
-  masked log-sum-exp (no `-1000` logit offset, no `log(softmax)`), so it stays exact in
-  bfloat16 and for logits of magnitude 1e4.
+  mdistiller divides the batch sum by B; here nothing is reduced. Computed from one `exp`
+  pass per side over the non-target classes, shifted by their own maximum, with
+  `logaddexp` for the target's share (no `-1000` logit offset, no `log(softmax)`), so it
+  stays exact in bfloat16 and for logits of magnitude 1e4. (A traced alpha, beta or T
+  takes the equivalent masked log-sum-exp form.)
 
   Args:
     student_logits: `[B, C]`.
