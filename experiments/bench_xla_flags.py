@@ -86,8 +86,10 @@ def main(argv=None):
     ratio = median(flags, "jax_over_torch")
     failed = [r for r in records[flags] if "error" in r]
     effect = "-" if ratio is None or base is None else f"{ratio / base:.2f}x"
-    print(f"| `{flags or '(default)'}` | {median(flags, 'jax_images_per_s')} | "
-          f"{median(flags, 'torch_images_per_s')} | {ratio} | {effect}"
+    cells = [median(flags, key) for key in ("jax_images_per_s", "torch_images_per_s")]
+    cells = ["-" if c is None else f"{c:.1f}" for c in cells] + [
+        "-" if ratio is None else f"{ratio:.3f}"]
+    print(f"| `{flags or '(default)'}` | {' | '.join(cells)} | {effect}"
           + (f" ({len(failed)} failed)" if failed else "") + " |")
   return 0
 
