@@ -134,16 +134,16 @@ def _checked_labels(labels, num_classes, name="labels"):
   return labels, None
 
 
-
-# ------------------------------------------------------------ student cross entropy
+# ------------------------------------------------------------------------------ kernels
 #
-# `_soft_xent` is the student side of every soft-target loss here (soft_cross_entropy, kd,
-# kl_to_targets) with a hand-written backward pass: the forward pass computes
-# `exp((z - max) / T)` once (XLA's CPU loop emitter, faster than an exp inside its row
-# reductions), reduces it, and keeps it for the backward pass, which is one elementwise
-# expression `(sum(w) p - w) / T`. Differentiating the log-softmax form instead makes XLA
-# materialise log p, exp(log p) and the products with the target separately (measured in
-# experiments/results/perf_losses/).
+# Custom-VJP kernels behind the public losses (CE, soft cross entropy / kl_to_targets, KD,
+# entropy, TSD, DKD). Each forward pass computes `exp((z - max z) / T)` once per logits
+# (XLA's CPU loop emitter; an exp inside its YNNPACK row reductions was measured slower),
+# reduces it, and keeps `p` for the backward pass, which is one elementwise expression (no
+# log-probabilities, no gather transpose / scatter). Differentiating the log-softmax forms
+# instead makes XLA write log p, exp(log p) and each product with a target as separate
+# `[B, C]` arrays; on a CPU those writes are what a loss costs. Values agree with the
+# log-softmax forms to float32 rounding. Measurements: experiments/results/perf_losses/.
 
 
 def _is_one(x):
