@@ -6,7 +6,12 @@ losses compose with padding masks, data selection and any parallelism. Logits ma
 or bfloat16; every softmax is computed in float32 and the result is float32. Teacher inputs
 (teacher logits, soft targets) are wrapped in `jax.lax.stop_gradient`, so gradients flow to
 the student only. All functions are jittable and vmappable; static arguments (temperature,
-num_secondary) are validated eagerly when they are Python numbers.
+num_secondary) are validated eagerly when they are Python numbers. Gradients are reverse
+mode (`jax.grad`, `jax.vjp`, `value_and_grad`): cross_entropy, soft_cross_entropy, entropy,
+tsd, and kd, kl_to_targets, dkd, dkd_to_targets when the temperature (and DKD's alpha, beta)
+are Python numbers, run through custom-VJP kernels (see "kernels" below), so forward-mode
+differentiation of them (`jax.jvp`, `jax.jacfwd`, `jax.hessian`) raises; `log_softmax`,
+`softmax` and `label_smoothing_cross_entropy` are plain JAX.
 
 Notation: `p(z, T) = softmax(z / T)`; `e_y` the one-hot label; sums run over classes.
 
