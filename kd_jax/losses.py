@@ -6,12 +6,9 @@ losses compose with padding masks, data selection and any parallelism. Logits ma
 or bfloat16; every softmax is computed in float32 and the result is float32. Teacher inputs
 (teacher logits, soft targets) are wrapped in `jax.lax.stop_gradient`, so gradients flow to
 the student only. All functions are jittable and vmappable; static arguments (temperature,
-num_secondary) are validated eagerly when they are Python numbers. Gradients are reverse
-mode (`jax.grad`, `jax.vjp`, `value_and_grad`): cross_entropy, soft_cross_entropy, entropy,
-tsd, and kd, kl_to_targets, dkd, dkd_to_targets when the temperature (and DKD's alpha, beta)
-are Python numbers, run through custom-VJP kernels (see "kernels" below), so forward-mode
-differentiation of them (`jax.jvp`, `jax.jacfwd`, `jax.hessian`) raises; `log_softmax`,
-`softmax` and `label_smoothing_cross_entropy` are plain JAX.
+num_secondary) are validated eagerly when they are Python numbers. Gradients w.r.t. the
+student logits come from hand-written derivative rules (custom JVPs, see "kernels" below):
+reverse mode (`jax.grad`), forward mode (`jax.jvp`) and higher derivatives all work.
 
 Notation: `p(z, T) = softmax(z / T)`; `e_y` the one-hot label; sums run over classes.
 
@@ -141,7 +138,7 @@ def _checked_labels(labels, num_classes, name="labels"):
 
 # ------------------------------------------------------------------------------ kernels
 #
-# Custom-VJP kernels behind the public losses (CE, soft cross entropy / kl_to_targets, KD,
+# Custom-JVP kernels behind the public losses (CE, soft cross entropy / kl_to_targets, KD,
 # entropy, TSD, DKD). Each forward pass computes `exp((z - max z) / T)` once per logits
 # (XLA's CPU loop emitter; an exp inside its YNNPACK row reductions was measured slower),
 # reduces it, and keeps `p` for the backward pass, which is one elementwise expression (no
@@ -179,11 +176,28 @@ def _exp_shifted(z, inv_t=1):
   return m, jnp.exp(z - m) if _is_one(inv_t) else jnp.exp((z - m) * inv_t)
 
 
+def _defjvp(kernel, fwd, bwd, num_static=0):
+  """Gives the custom-JVP `kernel` its rule: the value from `fwd(*args, *static)`, and the
+  tangent `sum_c coef_c dz_c` with `coef = d value / dz = bwd(*static, residuals, 1)[0]`.
+
+  The first argument is the logits (the only one with a tangent; the others are targets under
+  stop_gradient, labels or ranks); trailing `num_static` arguments are Python numbers.
+  Reverse mode transposes the tangent map into `g * coef`, one elementwise pass; forward mode
+  and higher derivatives (`jax.jvp`, `jax.hessian`) differentiate through the rule.
+  """
+  def rule(*args):
+    static, (primals, tangents) = args[:num_static], args[num_static:]
+    value, res = fwd(*primals, *static)
+    coef = bwd(*static, res, jnp.ones_like(value))[0]
+    return value, jnp.sum(coef * tangents[0], axis=-1)
+  kernel.defjvp(rule)
+
+
 def _one_hot_mask(labels, shape):
   return jax.lax.broadcasted_iota(labels.dtype, shape, len(shape) - 1) == labels[..., None]
 
 
-@jax.custom_vjp
+@jax.custom_jvp
 def _label_xent(z, labels):
   """`CE(z, y) = logsumexp(z) - z_y` per row (float32 `z`, int `labels` in range).
 
@@ -204,10 +218,10 @@ def _label_xent_bwd(res, g):
   return g * p - jnp.where(_one_hot_mask(labels, p.shape), g, 0.0), None
 
 
-_label_xent.defvjp(_label_xent_fwd, _label_xent_bwd)
+_defjvp(_label_xent, _label_xent_fwd, _label_xent_bwd)
 
 
-@jax.custom_vjp
+@jax.custom_jvp
 def _entropy(z):
   """`H(p(z, 1)) = log S - sum_c e_c (z_c - m) / S` per row (`e = exp(z - m)`, `S = sum e`).
 
@@ -228,7 +242,7 @@ def _entropy_bwd(res, g):
   return (-g[..., None] * p * (z - shift),)
 
 
-_entropy.defvjp(_entropy_fwd, _entropy_bwd)
+_defjvp(_entropy, _entropy_fwd, _entropy_bwd)
 
 
 def _rank_weights(primary, order):
@@ -239,7 +253,7 @@ def _rank_weights(primary, order):
   return np.full((n,), -1.0 / n, np.float32)
 
 
-@jax.custom_vjp
+@jax.custom_jvp
 def _primary_minus_secondary(z, primary, order):
   """`p_a - (1/K) sum_k p_{b_k}` per row, `p = p(z, 1)` (float32 `z`).
 
@@ -275,7 +289,8 @@ def _primary_minus_secondary_bwd(res, g):
   return g[..., None] * p * (w - value[..., None]), None, None
 
 
-_primary_minus_secondary.defvjp(_primary_minus_secondary_fwd, _primary_minus_secondary_bwd)
+_defjvp(_primary_minus_secondary, _primary_minus_secondary_fwd,
+        _primary_minus_secondary_bwd)
 
 
 def _soft_xent(z, w, inv_t):
@@ -283,7 +298,7 @@ def _soft_xent(z, w, inv_t):
 
   `z` float32 logits, `w` float32 weights (a target distribution; no gradient), `inv_t` is
   `1 / T`. Gradient w.r.t. z: `(sum(w) p(z, T) - w) / T`. A Python-number `inv_t` uses the
-  custom-VJP kernel; a traced one (a traced temperature) the same equation differentiated
+  custom-JVP kernel; a traced one (a traced temperature) the same equation differentiated
   by JAX (so the temperature gets its gradient too).
   """
   if isinstance(inv_t, (int, float)):
@@ -294,7 +309,7 @@ def _soft_xent(z, w, inv_t):
           + inv_t * jnp.sum(w * (m - z), axis=-1, keepdims=True))[..., 0]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
 def _soft_xent_fused(z, w, inv_t):
   return _soft_xent_fwd(z, w, inv_t)[0]
 
@@ -316,10 +331,10 @@ def _soft_xent_bwd(inv_t, res, g):
   return g[..., None] * inv_t * (scale * e - w), None
 
 
-_soft_xent_fused.defvjp(_soft_xent_fwd, _soft_xent_bwd)
+_defjvp(_soft_xent_fused, _soft_xent_fwd, _soft_xent_bwd, num_static=1)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
 def _kd_fused(z, t, inv_t):
   """`KL(p(t, T) || p(z, T))` per row for float32 logits and a Python `inv_t = 1 / T`.
 
@@ -346,7 +361,7 @@ def _kd_fused_bwd(inv_t, res, g):
   return g[..., None] * inv_t * (p_s - p_t), None
 
 
-_kd_fused.defvjp(_kd_fused_fwd, _kd_fused_bwd)
+_defjvp(_kd_fused, _kd_fused_fwd, _kd_fused_bwd, num_static=1)
 
 
 def _teacher_log_probs_sum(teacher_logits, inv_t):
@@ -591,7 +606,7 @@ def _dkd_rest_stats(scores, is_target):
   return m, e, jnp.log(jnp.sum(e, axis=-1, keepdims=True))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4, 5))
 def _dkd_fused(z, a, labels, alpha, beta, inv_t):
   """`alpha TCKD + beta NCKD` per row (no T^2) for float32 student logits `z` at `T = 1/inv_t`
   and teacher log-scores `a` (`t / T`, or log-probabilities; no gradient); Python-number
@@ -636,7 +651,7 @@ def _dkd_fused_bwd(alpha, beta, inv_t, res, g):
   return dz, None, None
 
 
-_dkd_fused.defvjp(_dkd_fused_fwd, _dkd_fused_bwd)
+_defjvp(_dkd_fused, _dkd_fused_fwd, _dkd_fused_bwd, num_static=3)
 
 
 def _dkd_fast(student_logits, log_scores, labels, alpha, beta, temperature):
