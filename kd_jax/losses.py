@@ -6,7 +6,9 @@ losses compose with padding masks, data selection and any parallelism. Logits ma
 or bfloat16; every softmax is computed in float32 and the result is float32. Teacher inputs
 (teacher logits, soft targets) are wrapped in `jax.lax.stop_gradient`, so gradients flow to
 the student only. All functions are jittable and vmappable; static arguments (temperature,
-num_secondary) are validated eagerly when they are Python numbers.
+num_secondary) are validated eagerly when they are Python numbers. Gradients w.r.t. the
+student logits come from hand-written derivative rules (custom JVPs, see "kernels" below):
+reverse mode (`jax.grad`), forward mode (`jax.jvp`) and higher derivatives all work.
 
 Notation: `p(z, T) = softmax(z / T)`; `e_y` the one-hot label; sums run over classes.
 
@@ -29,6 +31,8 @@ A NaN produced this way is caught by `jax.experimental.checkify`:
 
 This module imports nothing else of kd_jax.
 """
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -132,6 +136,255 @@ def _checked_labels(labels, num_classes, name="labels"):
   return labels, None
 
 
+# ------------------------------------------------------------------------------ kernels
+#
+# Custom-JVP kernels behind the public losses (CE, soft cross entropy / kl_to_targets, KD,
+# entropy, TSD, DKD). Each forward pass computes `exp((z - max z) / T)` once per logits
+# (XLA's CPU loop emitter; an exp inside its YNNPACK row reductions was measured slower),
+# reduces it, and keeps `p` for the backward pass, which is one elementwise expression (no
+# log-probabilities, no gather transpose / scatter). Differentiating the log-softmax forms
+# instead makes XLA write log p, exp(log p) and each product with a target as separate
+# `[B, C]` arrays; on a CPU those writes are what a loss costs. Values agree with the
+# log-softmax forms to float32 rounding. Measurements: experiments/results/perf_losses/.
+
+
+def _is_one(x):
+  return isinstance(x, (int, float)) and x == 1
+
+
+def _inv(temperature):
+  """`1 / T`: a Python float for a Python-number T (1 for T = 1), else an array."""
+  if isinstance(temperature, (int, float)):
+    return 1 if temperature == 1 else 1.0 / temperature
+  return 1.0 / temperature
+
+
+def _row_lse(z, inv_t):
+  """`(max_c z_c, log sum_c exp((z_c - max) / T))`, both `[..., 1]`."""
+  m = jnp.max(z, axis=-1, keepdims=True)
+  e = jnp.exp(z - m) if _is_one(inv_t) else jnp.exp(z * inv_t - m * inv_t)
+  return m, jnp.log(jnp.sum(e, axis=-1, keepdims=True))
+
+
+def _exp_shifted(z, inv_t=1):
+  """`(max_c z_c, exp((z - max) / T))`: the one exp pass of a row softmax, `[..., 1]`, `[..., C]`.
+
+  Every kernel below computes it with the same expression, so XLA computes it once when
+  several terms (CE, a soft cross entropy at T = 1, the entropy, TSD) read the same logits.
+  """
+  m = jnp.max(z, axis=-1, keepdims=True)
+  return m, jnp.exp(z - m) if _is_one(inv_t) else jnp.exp((z - m) * inv_t)
+
+
+def _defjvp(kernel, fwd, bwd, num_static=0):
+  """Gives the custom-JVP `kernel` its rule: the value from `fwd(*args, *static)`, and the
+  tangent `sum_c coef_c dz_c` with `coef = d value / dz = bwd(*static, residuals, 1)[0]`.
+
+  The first argument is the logits (the only one with a tangent; the others are targets under
+  stop_gradient, labels or ranks); trailing `num_static` arguments are Python numbers.
+  Reverse mode transposes the tangent map into `g * coef`, one elementwise pass; forward mode
+  and higher derivatives (`jax.jvp`, `jax.hessian`) differentiate through the rule.
+  """
+  def rule(*args):
+    static, (primals, tangents) = args[:num_static], args[num_static:]
+    value, res = fwd(*primals, *static)
+    coef = bwd(*static, res, jnp.ones_like(value))[0]
+    return value, jnp.sum(coef * tangents[0], axis=-1)
+  kernel.defjvp(rule)
+
+
+def _one_hot_mask(labels, shape):
+  return jax.lax.broadcasted_iota(labels.dtype, shape, len(shape) - 1) == labels[..., None]
+
+
+@jax.custom_jvp
+def _label_xent(z, labels):
+  """`CE(z, y) = logsumexp(z) - z_y` per row (float32 `z`, int `labels` in range).
+
+  Gradient `p(z, 1) - e_y` in one elementwise pass (no scatter)."""
+  return _label_xent_fwd(z, labels)[0]
+
+
+def _label_xent_fwd(z, labels):
+  m, e = _exp_shifted(z)
+  total = jnp.sum(e, axis=-1, keepdims=True)
+  z_y = jnp.take_along_axis(z, labels[..., None], axis=-1)
+  return ((m - z_y) + jnp.log(total))[..., 0], (e / total, labels)
+
+
+def _label_xent_bwd(res, g):
+  p, labels = res
+  g = g[..., None]
+  return g * p - jnp.where(_one_hot_mask(labels, p.shape), g, 0.0), None
+
+
+_defjvp(_label_xent, _label_xent_fwd, _label_xent_bwd)
+
+
+@jax.custom_jvp
+def _entropy(z):
+  """`H(p(z, 1)) = log S - sum_c e_c (z_c - m) / S` per row (`e = exp(z - m)`, `S = sum e`).
+
+  Gradient `-p (log p + H)` in one elementwise pass."""
+  return _entropy_fwd(z)[0]
+
+
+def _entropy_fwd(z):
+  m, e = _exp_shifted(z)
+  total = jnp.sum(e, axis=-1, keepdims=True)
+  log_total = jnp.log(total)
+  h = log_total - jnp.sum(e * (z - m), axis=-1, keepdims=True) / total
+  return h[..., 0], (z, e / total, m + log_total - h)
+
+
+def _entropy_bwd(res, g):
+  z, p, shift = res  # log p + H = z - (m + log S - H)
+  return (-g[..., None] * p * (z - shift),)
+
+
+_defjvp(_entropy, _entropy_fwd, _entropy_bwd)
+
+
+def _rank_weights(primary, order):
+  """Per-rank weights of `_primary_minus_secondary`: +1 for the primary, -1/K per secondary."""
+  n = order.shape[-1]
+  if primary is None:  # order[..., 0] is the primary, the K = n - 1 others the secondaries
+    return np.array([1.0] + [-1.0 / (n - 1)] * (n - 1), np.float32)
+  return np.full((n,), -1.0 / n, np.float32)
+
+
+@jax.custom_jvp
+def _primary_minus_secondary(z, primary, order):
+  """`p_a - (1/K) sum_k p_{b_k}` per row, `p = p(z, 1)` (float32 `z`).
+
+  `primary=None`: `a = order[..., 0]`, `b = order[..., 1:]`; else `a = primary [...]`,
+  `b = order [..., K]` (ints, no gradient). Gradient `p (w - value)` with `w` the weights at
+  `a` and the `b_k`, in one elementwise pass (no gather transpose / scatter). `order` is not
+  sliced before an optimization barrier: XLA turns `top_k` into its fast TopK kernel only
+  when the sort's result is used whole.
+  """
+  return _primary_minus_secondary_fwd(z, primary, order)[0]
+
+
+def _primary_minus_secondary_fwd(z, primary, order):
+  _, e = _exp_shifted(z)
+  total = jnp.sum(e, axis=-1)
+  weighted = jnp.sum(jnp.take_along_axis(e, order, axis=-1) * _rank_weights(primary, order),
+                     axis=-1)
+  if primary is not None:
+    weighted = weighted + jnp.take_along_axis(e, primary[..., None], axis=-1)[..., 0]
+  value = weighted / total
+  return value, (e / total[..., None], primary, order, value)
+
+
+def _primary_minus_secondary_bwd(res, g):
+  p, primary, order, value = res
+  # The barrier keeps these column slices from merging into the sort that made `order`.
+  columns = jax.lax.optimization_barrier(order)
+  w = 0.0
+  for k, weight in enumerate(_rank_weights(primary, order)):
+    w = w + jnp.where(_one_hot_mask(columns[..., k], p.shape), float(weight), 0.0)
+  if primary is not None:
+    w = w + _one_hot_mask(primary, p.shape).astype(p.dtype)
+  return g[..., None] * p * (w - value[..., None]), None, None
+
+
+_defjvp(_primary_minus_secondary, _primary_minus_secondary_fwd,
+        _primary_minus_secondary_bwd)
+
+
+def _soft_xent(z, w, inv_t):
+  """`-sum_c w_c log p(z, T)_c = sum(w) * logsumexp(z / T) - sum_c w_c z_c / T` per row.
+
+  `z` float32 logits, `w` float32 weights (a target distribution; no gradient), `inv_t` is
+  `1 / T`. Gradient w.r.t. z: `(sum(w) p(z, T) - w) / T`. A Python-number `inv_t` uses the
+  custom-JVP kernel; a traced one (a traced temperature) the same equation differentiated
+  by JAX (so the temperature gets its gradient too).
+  """
+  if isinstance(inv_t, (int, float)):
+    return _soft_xent_fused(z, w, inv_t)
+  m, l = _row_lse(z, inv_t)
+  m = jax.lax.stop_gradient(m)
+  return (jnp.sum(w, axis=-1, keepdims=True) * l
+          + inv_t * jnp.sum(w * (m - z), axis=-1, keepdims=True))[..., 0]
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _soft_xent_fused(z, w, inv_t):
+  return _soft_xent_fwd(z, w, inv_t)[0]
+
+
+def _soft_xent_fwd(z, w, inv_t):
+  m, e = _exp_shifted(z, inv_t)
+  total = jnp.sum(e, axis=-1, keepdims=True)
+  sw = jnp.sum(w, axis=-1, keepdims=True)
+  # sum(w) lse(z/T) - sum(w z)/T = sum(w) log(total) + (sum(w) m - sum(w z))/T. (Summing
+  # w (m - z) instead would be exact for huge logits but makes XLA write the broadcast max;
+  # the difference is float32 rounding of |z|, e.g. 3e-3 at logits of 3e4.)
+  cross = sw * m - jnp.sum(w * z, axis=-1, keepdims=True)
+  value = sw * jnp.log(total) + inv_t * cross
+  return value[..., 0], (w, e, sw / total)
+
+
+def _soft_xent_bwd(inv_t, res, g):
+  w, e, scale = res  # e / total = p(z, T)
+  return g[..., None] * inv_t * (scale * e - w), None
+
+
+_defjvp(_soft_xent_fused, _soft_xent_fwd, _soft_xent_bwd, num_static=1)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _kd_fused(z, t, inv_t):
+  """`KL(p(t, T) || p(z, T))` per row for float32 logits and a Python `inv_t = 1 / T`.
+
+  With `e_s = exp((z - max z) / T)`, `e_t = exp((t - max t) / T)` and their row sums S_s, S_t:
+  `KL = sum_c e_t (t - z)_c / (T S_t) + (max z - max t) / T + log S_s - log S_t` (the
+  teacher's probabilities sum to 1). Gradient w.r.t. z: `(e_s / S_s - e_t / S_t) / T`.
+  Written: `e_s`, `e_t` and the gradient; no log-probabilities or products.
+  """
+  return _kd_fused_fwd(z, t, inv_t)[0]
+
+
+def _kd_fused_fwd(z, t, inv_t):
+  m_s, e_s = _exp_shifted(z, inv_t)
+  m_t, e_t = _exp_shifted(t, inv_t)
+  total_s = jnp.sum(e_s, axis=-1, keepdims=True)
+  total_t = jnp.sum(e_t, axis=-1, keepdims=True)
+  cross = jnp.sum(e_t * (t - z), axis=-1, keepdims=True)
+  kl = (cross / total_t + (m_s - m_t)) * inv_t + (jnp.log(total_s) - jnp.log(total_t))
+  return kl[..., 0], (e_s / total_s, e_t / total_t)
+
+
+def _kd_fused_bwd(inv_t, res, g):
+  p_s, p_t = res
+  return g[..., None] * inv_t * (p_s - p_t), None
+
+
+_defjvp(_kd_fused, _kd_fused_fwd, _kd_fused_bwd, num_static=1)
+
+
+def _teacher_log_probs_sum(teacher_logits, inv_t):
+  """`(q, sum_c q_c log q_c)` for `q = p(z_t, T)`."""
+  t = _as_float32(teacher_logits)
+  shifted = t - jnp.max(t, axis=-1, keepdims=True)
+  if not _is_one(inv_t):
+    shifted = shifted * inv_t
+  e = jnp.exp(shifted)
+  total = jnp.sum(e, axis=-1, keepdims=True)
+  q = e / total
+  return q, jnp.sum(q * (shifted - jnp.log(total)), axis=-1)
+
+
+def softmax(logits, temperature=1.0):
+  """`p(z, T)` in float32, `[..., C]`: `exp((z - max z) / T)` over its row sum.
+
+  (Scaling after the shift rather than `softmax(z / T)`: the same value to rounding, and on
+  XLA's CPU backend it does not write a `[B, C]` broadcast of `1 / T`.)"""
+  _, e = _exp_shifted(_as_float32(logits), _inv(temperature))
+  return e / jnp.sum(e, axis=-1, keepdims=True)
+
+
 def log_softmax(logits, temperature=1.0):
   """`log p(z, T)` in float32, `[..., C]`; stable for logits of any magnitude."""
   return jax.nn.log_softmax(_as_float32(logits) / temperature, axis=-1)
@@ -150,8 +403,47 @@ def cross_entropy(logits, labels):
   """
   _check_shapes("logits", logits, labels=labels)
   labels, valid = _checked_labels(labels, np.shape(logits)[-1])
-  ce = optax.softmax_cross_entropy_with_integer_labels(_as_float32(logits), labels)
-  return _nan_unless(valid, ce)
+  return _nan_unless(valid, _label_xent(_as_float32(logits), labels))
+
+
+def label_smoothing_cross_entropy(logits, labels, epsilon, spread="all"):
+  """Cross entropy toward the label-smoothed target, in closed form (no `[B, C]` target).
+
+  `H((1 - eps) e_y + eps / C, p(z, 1)) = (1 - eps) CE(z, y) + eps (logsumexp(z) - mean_c z_c)`
+  for `spread="all"` (`kd_jax.targets.smooth`); for `spread="others"` (`eps / (C - 1)` on the
+  C - 1 non-target classes) the last mean runs over `c != y`. Equal, to float32 rounding, to
+  `soft_cross_entropy(logits, targets.smooth(labels, C, epsilon, spread))`.
+
+  Args:
+    logits: `[B, C]`.
+    labels: `[B]` integers in `[0, C)`; out of range: ValueError when concrete, NaN for that
+      example when traced.
+    epsilon: smoothing mass in `[0, 1]`: a Python number is checked eagerly (ValueError); a
+      traced one outside makes every output NaN.
+    spread: "all" or "others".
+
+  Returns:
+    `[B]` float32.
+  """
+  _check_shapes("logits", logits, labels=labels)
+  num_classes = np.shape(logits)[-1]
+  eps = _concrete(epsilon)
+  if eps is None:
+    epsilon = _nan_unless((0 <= epsilon) & (epsilon <= 1), epsilon)
+  elif not 0 <= eps <= 1:
+    raise ValueError(f"epsilon={epsilon!r} is not allowed: must be in [0, 1]")
+  if spread not in ("all", "others"):
+    raise ValueError(f"spread={spread!r} is not allowed: must be 'all' or 'others'")
+  labels, valid = _checked_labels(labels, num_classes)
+  z = _as_float32(logits)
+  ce = optax.softmax_cross_entropy_with_integer_labels(z, labels)  # logsumexp(z) - z_y
+  lse = jax.nn.logsumexp(z, axis=-1)
+  if spread == "all":
+    rest = lse - jnp.mean(z, axis=-1)
+  else:
+    rest = lse - (jnp.sum(z, axis=-1) - (lse - ce)) / (num_classes - 1)
+  loss = (1.0 - epsilon) * ce + epsilon * rest
+  return _nan_unless(valid, loss)
 
 
 def soft_cross_entropy(logits, targets):
@@ -168,7 +460,7 @@ def soft_cross_entropy(logits, targets):
   """
   _check_shapes("logits", logits, "targets", targets)
   targets = jax.lax.stop_gradient(_as_float32(targets))
-  return optax.softmax_cross_entropy(_as_float32(logits), targets)
+  return _soft_xent(_as_float32(logits), targets, 1)
 
 
 def kd(student_logits, teacher_logits, temperature):
@@ -176,8 +468,9 @@ def kd(student_logits, teacher_logits, temperature):
 
   `KD_T = T^2 * sum_c p(z_t,T)_c * (log p(z_t,T)_c - log p(z_s,T)_c)`, the KL divergence
   `KL(p(z_t,T) || p(z_s,T))` summed over classes and multiplied by `T^2` so the gradient's
-  scale does not shrink as `1/T^2` (Hinton et al. 2015). Computed from log-probabilities
-  (no `log(softmax)`), so it stays finite for logits of magnitude 1e4.
+  scale does not shrink as `1/T^2` (Hinton et al. 2015). Computed from the max-shifted
+  logits of both sides (one `exp` pass each, their row sums, no `log(softmax)`), so it stays
+  finite for logits of magnitude 1e4; the gradient `T (p(z_s,T) - p(z_t,T))` is one pass.
 
   Args:
     student_logits: `[B, C]`.
@@ -190,9 +483,13 @@ def kd(student_logits, teacher_logits, temperature):
   """
   _check_shapes("student_logits", student_logits, "teacher_logits", teacher_logits)
   temperature = check_temperature(temperature)
-  log_teacher = jax.lax.stop_gradient(log_softmax(teacher_logits, temperature))
-  log_student = log_softmax(student_logits, temperature)
-  return temperature**2 * optax.losses.kl_divergence_with_log_targets(log_student, log_teacher)
+  inv_t = _inv(temperature)
+  teacher_logits = jax.lax.stop_gradient(_as_float32(teacher_logits))
+  if isinstance(inv_t, (int, float)):
+    return temperature**2 * _kd_fused(_as_float32(student_logits), teacher_logits, inv_t)
+  # A traced temperature: KL(q || p_s) = sum q log q - sum q log p_s, differentiated by JAX.
+  q, neg_entropy = jax.lax.stop_gradient(_teacher_log_probs_sum(teacher_logits, inv_t))
+  return temperature**2 * (neg_entropy + _soft_xent(_as_float32(student_logits), q, inv_t))
 
 
 def kl_to_targets(student_logits, targets, temperature):
@@ -215,8 +512,9 @@ def kl_to_targets(student_logits, targets, temperature):
   _check_shapes("student_logits", student_logits, "targets", targets)
   temperature = check_temperature(temperature)
   targets = jax.lax.stop_gradient(_as_float32(targets))
-  log_student = log_softmax(student_logits, temperature)
-  return temperature**2 * optax.losses.kl_divergence(log_student, targets)
+  neg_entropy = jnp.sum(targets * jnp.where(targets == 0, 0.0, jnp.log(targets)), axis=-1)
+  return temperature**2 * (neg_entropy + _soft_xent(_as_float32(student_logits), targets,
+                                                    _inv(temperature)))
 
 
 def tsd(logits, num_secondary=5, labels=None):
@@ -243,26 +541,26 @@ def tsd(logits, num_secondary=5, labels=None):
   _check_shapes("logits", logits, labels=labels)
   num_classes = logits.shape[-1]
   check_int_range("num_secondary", num_secondary, 1, num_classes - 1)
-  probs = jax.nn.softmax(_as_float32(logits), axis=-1)
+  z = _as_float32(logits)
+  # Classes are ranked by exp(z - max z), which orders them as p does (p divides it by the
+  # row sum); the ranking is under stop_gradient, the probabilities are differentiable.
+  _, e = _exp_shifted(z)
+  e = jax.lax.stop_gradient(e)
   if labels is None:
-    _, order = jax.lax.top_k(jax.lax.stop_gradient(probs), num_secondary + 1)
-    ranked = jnp.take_along_axis(probs, order, axis=-1)
-    return ranked[..., 0] - jnp.mean(ranked[..., 1:], axis=-1)
+    _, order = jax.lax.top_k(e, num_secondary + 1)
+    return _primary_minus_secondary(z, None, order)
   labels, valid = _checked_labels(labels, num_classes)
-  is_primary = jax.nn.one_hot(labels, num_classes, dtype=bool)
-  primary = jnp.sum(jnp.where(is_primary, probs, 0.0), axis=-1)
   # The primary's own entry ranks below every other class when choosing the secondary ones.
-  others = jnp.where(is_primary, -1.0, jax.lax.stop_gradient(probs))
-  _, order = jax.lax.top_k(others, num_secondary)
-  secondary = jnp.mean(jnp.take_along_axis(probs, order, axis=-1), axis=-1)
-  return _nan_unless(valid, primary - secondary)
+  _, order = jax.lax.top_k(jnp.where(_one_hot_mask(labels, z.shape), -1.0, e), num_secondary)
+  return _nan_unless(valid, _primary_minus_secondary(z, labels, order))
 
 
 def entropy(logits):
   """Shannon entropy of the model's distribution, `H(p(z, 1)) = -sum_c p_c log p_c`.
 
   The confidence penalty of Pereyra et al. (2017) trains `CE(z, y) - beta * entropy(z)`.
-  Computed from log-probabilities (stable for logits of magnitude 1e4, `0 log 0 = 0`).
+  Computed from the max-shifted logits, `log S - sum_c e_c (z_c - max z) / S` with
+  `e = exp(z - max z)`, `S = sum e` (stable for logits of magnitude 1e4, `0 log 0 = 0`).
 
   Args:
     logits: `[B, C]`.
@@ -271,8 +569,7 @@ def entropy(logits):
     `[B]` float32 in `[0, log C]`; summed over classes only.
   """
   _check_shapes("logits", logits)
-  log_probs = log_softmax(logits)
-  return -jnp.sum(jnp.exp(log_probs) * log_probs, axis=-1)
+  return _entropy(_as_float32(logits))
 
 
 def _binary_kl(log_p, log_not_p, log_q, log_not_q):
@@ -302,6 +599,73 @@ def _dkd_from_log_probs(student_logits, log_teacher, labels, alpha, beta, temper
   return _nan_unless(valid, temperature**2 * (alpha * tckd + beta * nckd))
 
 
+def _dkd_rest_stats(scores, is_target):
+  """`(max, exp(scores - max), log sum)` over the non-target classes; exp is 0 at the target."""
+  m = jnp.max(jnp.where(is_target, -jnp.inf, scores), axis=-1, keepdims=True)
+  e = jnp.where(is_target, 0.0, jnp.exp(scores - m))
+  return m, e, jnp.log(jnp.sum(e, axis=-1, keepdims=True))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4, 5))
+def _dkd_fused(z, a, labels, alpha, beta, inv_t):
+  """`alpha TCKD + beta NCKD` per row (no T^2) for float32 student logits `z` at `T = 1/inv_t`
+  and teacher log-scores `a` (`t / T`, or log-probabilities; no gradient); Python-number
+  `alpha`, `beta`, `inv_t`; valid int labels.
+
+  Everything comes from one exp pass over the non-target classes of each side, shifted by
+  their own maximum (so a dominant target logit cannot underflow the rest): with `R` the
+  non-target sums, `log p_y` and `log(1 - p_y)` follow from `logaddexp(z_y / T, log R)`, and
+  `NCKD = sum_{c != y} e^t_c (a_c - z_c / T) / R^t + (max' z / T - max' a) + log R^s - log R^t`.
+  Gradient w.r.t. z, over T: `alpha (p_y - q_y)` at y and `alpha (q_y - p_y) pn_c + beta (pn_c -
+  qn_c)` elsewhere (`pn`, `qn` the renormalised non-target distributions).
+  """
+  return _dkd_fused_fwd(z, a, labels, alpha, beta, inv_t)[0]
+
+
+def _dkd_fused_fwd(z, a, labels, alpha, beta, inv_t):
+  is_target = _one_hot_mask(labels, z.shape)
+  zs = z if _is_one(inv_t) else z * inv_t
+  m_s, e_s, log_rest_s = _dkd_rest_stats(zs, is_target)
+  m_t, e_t, log_rest_t = _dkd_rest_stats(a, is_target)
+  z_y = jnp.take_along_axis(zs, labels[..., None], axis=-1)
+  a_y = jnp.take_along_axis(a, labels[..., None], axis=-1)
+  log_all_s = jnp.logaddexp(z_y, m_s + log_rest_s)
+  log_all_t = jnp.logaddexp(a_y, m_t + log_rest_t)
+  s_target, s_rest = z_y - log_all_s, m_s + log_rest_s - log_all_s
+  t_target, t_rest = a_y - log_all_t, m_t + log_rest_t - log_all_t
+  tckd = _binary_kl(t_target, t_rest, s_target, s_rest)
+  rest_t = jnp.exp(log_rest_t)
+  cross = jnp.sum(e_t * (a - zs), axis=-1, keepdims=True) / rest_t
+  nckd = cross + (m_s - m_t) + (log_rest_s - log_rest_t)
+  value = (alpha * tckd + beta * nckd)[..., 0]
+  res = (is_target, e_s / jnp.exp(log_rest_s), e_t / rest_t, jnp.exp(s_target),
+         jnp.exp(t_target))
+  return value, res
+
+
+def _dkd_fused_bwd(alpha, beta, inv_t, res, g):
+  is_target, p_rest, q_rest, p_y, q_y = res
+  g = g[..., None] * inv_t
+  non_target = alpha * (q_y - p_y) * p_rest + beta * (p_rest - q_rest)
+  dz = g * jnp.where(is_target, alpha * (p_y - q_y), non_target)
+  return dz, None, None
+
+
+_defjvp(_dkd_fused, _dkd_fused_fwd, _dkd_fused_bwd, num_static=3)
+
+
+def _dkd_fast(student_logits, log_scores, labels, alpha, beta, temperature):
+  """`_dkd_from_log_probs` through the fused kernel, when alpha, beta and T are numbers."""
+  labels, valid = _checked_labels(labels, student_logits.shape[-1])
+  value = _dkd_fused(_as_float32(student_logits), jax.lax.stop_gradient(log_scores), labels,
+                     float(alpha), float(beta), _inv(temperature))
+  return _nan_unless(valid, temperature**2 * value)
+
+
+def _numbers(*values):
+  return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+
 def dkd(student_logits, teacher_logits, labels, alpha, beta, temperature):
   """Decoupled KD (Zhao et al. 2022), mdistiller's definition, per example.
 
@@ -309,9 +673,11 @@ def dkd(student_logits, teacher_logits, labels, alpha, beta, temperature):
   - `TCKD = KL([p_t^y, 1-p_t^y] || [p_s^y, 1-p_s^y])`, the binary target-vs-rest KL;
   - `NCKD = KL(p_t^{\\y} || p_s^{\\y})` between the distributions over the C-1 non-target
     classes, each renormalised (`p^{\\y}_c = p_c / (1 - p^y)`).
-  mdistiller divides the batch sum by B; here nothing is reduced. Computed in log space with
-  masked log-sum-exp (no `-1000` logit offset, no `log(softmax)`), so it stays exact in
-  bfloat16 and for logits of magnitude 1e4.
+  mdistiller divides the batch sum by B; here nothing is reduced. Computed from one `exp`
+  pass per side over the non-target classes, shifted by their own maximum, with
+  `logaddexp` for the target's share (no `-1000` logit offset, no `log(softmax)`), so it
+  stays exact in bfloat16 and for logits of magnitude 1e4. (A traced alpha, beta or T
+  takes the equivalent masked log-sum-exp form.)
 
   Args:
     student_logits: `[B, C]`.
@@ -328,6 +694,10 @@ def dkd(student_logits, teacher_logits, labels, alpha, beta, temperature):
   """
   _check_shapes("student_logits", student_logits, "teacher_logits", teacher_logits, labels)
   temperature = check_temperature(temperature)
+  if _numbers(alpha, beta, temperature):
+    scores = _as_float32(teacher_logits)
+    scores = scores if temperature == 1 else scores * _inv(temperature)
+    return _dkd_fast(student_logits, scores, labels, alpha, beta, temperature)
   log_teacher = jax.lax.stop_gradient(log_softmax(teacher_logits, temperature))
   return _dkd_from_log_probs(student_logits, log_teacher, labels, alpha, beta, temperature)
 
@@ -344,4 +714,6 @@ def dkd_to_targets(student_logits, targets, labels, alpha, beta, temperature):
   temperature = check_temperature(temperature)
   targets = jax.lax.stop_gradient(_as_float32(targets))
   log_teacher = jnp.log(jnp.maximum(targets, jnp.finfo(jnp.float32).tiny))
+  if _numbers(alpha, beta, temperature):
+    return _dkd_fast(student_logits, log_teacher, labels, alpha, beta, temperature)
   return _dkd_from_log_probs(student_logits, log_teacher, labels, alpha, beta, temperature)

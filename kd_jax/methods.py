@@ -14,9 +14,12 @@ Teacher-free methods (`TEACHER_FREE`; any of them can train a teacher from scrat
   ce   `CE(z, y)`.
   ls   `H(smooth(y, eps), p(z, 1))` with `smooth = (1 - eps) e_y + eps / C` (or `eps/(C-1)` on
        the non-targets, `smoothing_spread="others"`), at `target_temperature` (see below).
-       No CE term: `label_smoothing` is the whole smoothing mass. (KD-sim with the default
-       `ce_weight=0.1, kd_weight=0.9` puts mass `kd_weight * sim_epsilon` on `rho(y)`; compare
-       LS at `label_smoothing=eps` with KD-sim at `ce_weight=0, kd_weight=1, sim_epsilon=eps`.)
+       No CE term: `label_smoothing` is the whole smoothing mass. At target_temperature 1
+       it is computed in closed form, `(1 - eps) CE + eps (logsumexp(z) - mean_c z_c)`
+       (`losses.label_smoothing_cross_entropy`; equal to the target form to rounding).
+       (KD-sim with the default `ce_weight=0.1, kd_weight=0.9` puts mass
+       `kd_weight * sim_epsilon` on `rho(y)`; compare LS at `label_smoothing=eps` with
+       KD-sim at `ce_weight=0, kd_weight=1, sim_epsilon=eps`.)
   tsd  the tolerant teacher: `CE(z, y) + u(epoch) * TSD(z)`, `TSD` = `losses.tsd` with K =
        `tsd_num_secondary` secondary classes and the primary class the argmax of `p(z, 1)`
        (`tsd_primary="argmax"`, default) or the label (`"label"`). `u` (`tsd_schedule`, `eta`
@@ -343,9 +346,13 @@ def per_example_losses(config, student_logits, labels, teacher_logits=None, *, e
   if name == "ce":
     out["loss"] = ce
   elif name == "ls":
-    smoothed = targets.smooth(labels, student_logits.shape[-1], config.label_smoothing,
-                              config.smoothing_spread)
-    out["loss"] = _distill_to(student_logits, smoothed, config.target_temperature)
+    if config.target_temperature == 1:  # H(smooth, p(z, 1)) in closed form, no [B, C] target
+      out["loss"] = losses.label_smoothing_cross_entropy(
+          student_logits, labels, config.label_smoothing, config.smoothing_spread)
+    else:
+      smoothed = targets.smooth(labels, student_logits.shape[-1], config.label_smoothing,
+                                config.smoothing_spread)
+      out["loss"] = _distill_to(student_logits, smoothed, config.target_temperature)
   elif name == "tsd":
     primary = labels if config.tsd_primary == "label" else None
     out["tsd"] = losses.tsd(student_logits, config.tsd_num_secondary, labels=primary)
@@ -371,11 +378,11 @@ def per_example_losses(config, student_logits, labels, teacher_logits=None, *, e
                                   supervised)
     else:
       read_t = config.target_temperature if name in _TARGET_VARIANTS else config.temperature
-      q = jax.nn.softmax(teacher_logits / read_t, axis=-1)
+      q = losses.softmax(teacher_logits, read_t)
       if revised:
         revision_t = config.revision_temperature
         if revision_t is not None and revision_t != read_t:
-          q = jax.nn.softmax(teacher_logits / revision_t, axis=-1)
+          q = losses.softmax(teacher_logits, revision_t)
         beta = targets.revision_beta(q, labels, config.eta)
         if config.revise_wrong_only:
           beta = jnp.where(correct, 1.0, beta)

@@ -233,9 +233,16 @@ def topk(teacher_probs, k):
   q = _teacher(teacher_probs)
   num_classes = q.shape[-1]
   check_int_range("k", k, 1, num_classes - 1)
-  _, top_index = jax.lax.top_k(q, k)
-  kept = jnp.any(jax.nn.one_hot(top_index, num_classes, dtype=bool), axis=-2)
-  rest = (1.0 - jnp.sum(jnp.where(kept, q, 0.0), axis=-1, keepdims=True)) / (num_classes - k)
+  top_values, top_index = jax.lax.top_k(q, k)
+  # One compare per kept rank (k is small), after a barrier: slicing top_index directly would
+  # merge the slices into the sort that top_k lowers to, and XLA then runs a full sort
+  # instead of its TopK kernel.
+  columns = jax.lax.optimization_barrier(top_index)
+  column = jax.lax.broadcasted_iota(top_index.dtype, q.shape, q.ndim - 1)
+  kept = column == columns[..., 0:1]
+  for rank in range(1, k):
+    kept = kept | (column == columns[..., rank:rank + 1])
+  rest = (1.0 - jnp.sum(top_values, axis=-1, keepdims=True)) / (num_classes - k)
   # When the top k hold all the mass, float32 rounding can make 1 - sum slightly negative;
   # a negative target entry makes kl_to_targets nan (log of a negative number).
   rest = jnp.maximum(rest, 0.0)

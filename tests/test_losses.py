@@ -503,3 +503,59 @@ def test_checkify_catches_invalid_temperature_and_labels():
     assert err.get() is not None and "nan" in err.get(), (t, err.get())
     with pytest.raises(checkify.JaxRuntimeError):
       err.throw()
+
+
+# ------------------------------------------------------- closed-form label smoothing
+
+
+@pytest.mark.parametrize("spread", ["all", "others"])
+def test_label_smoothing_closed_form_matches_target_form(spread):
+  from kd_jax import targets
+  rng = np.random.default_rng(7)
+  z = jnp.asarray(5.0 * rng.normal(size=(6, 13)), jnp.float32)
+  y = jnp.asarray(rng.integers(0, 13, 6))
+  closed = lambda z: losses.label_smoothing_cross_entropy(z, y, 0.2, spread)
+  target = lambda z: losses.soft_cross_entropy(z, targets.smooth(y, 13, 0.2, spread))
+  np.testing.assert_allclose(closed(z), target(z), rtol=1e-6, atol=1e-6)
+  g1 = jax.grad(lambda z: closed(z).sum())(z)
+  g2 = jax.grad(lambda z: target(z).sum())(z)
+  np.testing.assert_allclose(g1, g2, rtol=1e-5, atol=1e-6)
+  bad = jax.jit(lambda z, y: losses.label_smoothing_cross_entropy(z, y, 0.2, spread))(
+      z, y.at[2].set(13))
+  assert np.isnan(bad[2]) and np.all(np.isfinite(np.delete(np.asarray(bad), 2)))
+  with pytest.raises(ValueError, match="epsilon=1.5"):
+    losses.label_smoothing_cross_entropy(z, y, 1.5, spread)
+
+
+# ------------------------------------------------------- forward mode through the kernels
+
+
+def test_forward_mode_and_hessian_through_the_kernels():
+  rng = np.random.default_rng(3)
+  z, t = (jnp.asarray(rng.normal(size=(3, 7)), jnp.float32) for _ in range(2))
+  y = jnp.asarray([0, 3, 6])
+  q = jax.nn.softmax(t)
+  cases = {
+      "cross_entropy": lambda z: losses.cross_entropy(z, y),
+      "soft_cross_entropy": lambda z: losses.soft_cross_entropy(z, q),
+      "kd": lambda z: losses.kd(z, t, 4.0),
+      "kl_to_targets": lambda z: losses.kl_to_targets(z, q, 2.0),
+      "entropy": losses.entropy,
+      "tsd": lambda z: losses.tsd(z, 2),
+      "tsd_label": lambda z: losses.tsd(z, 2, labels=y),
+      "dkd": lambda z: losses.dkd(z, t, y, 1.0, 8.0, 4.0),
+      "dkd_to_targets": lambda z: losses.dkd_to_targets(z, q, y, 1.0, 8.0, 4.0),
+  }
+  v = jnp.asarray(rng.normal(size=z.shape), jnp.float32)
+  for name, loss in cases.items():
+    total = lambda z, loss=loss: loss(z).sum()
+    _, tangent = jax.jvp(total, (z,), (v,))
+    np.testing.assert_allclose(tangent, jnp.vdot(jax.grad(total)(z), v), rtol=1e-5,
+                               atol=1e-6, err_msg=name)
+  # Second derivatives against the plain log-softmax forms.
+  plain_kd = lambda z: 16.0 * jnp.sum(jax.nn.softmax(t / 4) * (
+      jax.nn.log_softmax(t / 4) - jax.nn.log_softmax(z / 4)))
+  plain_ce = lambda z: -jnp.sum(jnp.take_along_axis(jax.nn.log_softmax(z), y[:, None], -1))
+  for ours, plain in ((lambda z: losses.kd(z, t, 4.0).sum(), plain_kd),
+                      (lambda z: losses.cross_entropy(z, y).sum(), plain_ce)):
+    np.testing.assert_allclose(jax.hessian(ours)(z), jax.hessian(plain)(z), atol=1e-6)
