@@ -10,8 +10,8 @@ worker processes, `input.workers` in a config):
             batch 64 (the CIFAR protocol).
   imagenet  generated JPEGs of ImageNet-like sizes (`kd_jax.data.tfds.fake_imagenet`):
             decode + RandomResizedCrop(224) + flip + normalisation, batch 128.
-The first batch (worker start-up: each process imports kd_jax) is timed apart from the
-steady rate. Then each rate is set against the images/s that a train step would consume:
+The first batch (worker start-up: each process imports kd_jax) is timed apart, and the next
+`--warmup` batches (built while it was awaited) are not timed: the rate is the steady one. Then each rate is set against the images/s that a train step would consume:
 the GPU and TPU estimates of experiments/results/wallclock_estimate/results.json (XLA FLOPs
 at 40% of peak, `experiments/estimate_wallclock.py`; ESTIMATES, no accelerator measured) for
 resnet32x4 -> resnet8x4 (CIFAR) and ResNet34 -> ResNet18 (ImageNet). One JSON line per case.
@@ -44,8 +44,9 @@ def cifar_source(num_examples: int = 50_000) -> data.ArraySource:
   return data.ArraySource(info, images, labels, labels // 5)
 
 
-def measure(source, batch_size: int, workers: int, batches: int) -> dict:
-  """First-batch seconds and the steady examples/s over the next `batches` batches."""
+def measure(source, batch_size: int, workers: int, batches: int, warmup: int) -> dict:
+  """First-batch seconds, then the steady examples/s over `batches` batches after `warmup`
+  more (batches the workers and the prefetch thread built while the first was awaited)."""
   loader = data.make_loader(source, batch_size=batch_size, seed=0, train=True,
                             augment=source.info.augmentation, process_index=0,
                             process_count=1, num_devices=1, prefetch=2, workers=workers)
@@ -53,6 +54,8 @@ def measure(source, batch_size: int, workers: int, batches: int) -> dict:
   iterator = loader.epoch(0)
   next(iterator)
   first = time.perf_counter() - start
+  for _ in range(warmup):
+    next(iterator)
   start = time.perf_counter()
   for _ in range(batches):
     next(iterator)
@@ -77,13 +80,15 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--workers", default="0,1,2")
   parser.add_argument("--batches", type=int, default=20, help="timed batches per case")
+  parser.add_argument("--warmup", type=int, default=12, help="untimed batches after the first")
   parser.add_argument("--pipelines", default="cifar,imagenet")
   parser.add_argument("--out", default="", help="also append the JSON lines to this file")
   args = parser.parse_args()
   flags.FLAGS.mark_as_parsed()  # grain reads absl flags
   # ImageNet: just enough generated JPEGs for the timed batches (one epoch, no wrap-around).
   sources = {"cifar": (cifar_source, 64),
-             "imagenet": (lambda: tfds_lib.fake_imagenet(128 * (args.batches + 2)), 128)}
+             "imagenet": (lambda: tfds_lib.fake_imagenet(128 * (args.batches + args.warmup + 2)),
+                          128)}
   environment = dict(kind="environment", cpu_count=os.cpu_count(),
                      load_average_1min=round(os.getloadavg()[0], 2))
   records = [environment]
@@ -94,7 +99,7 @@ def main():
     consumers = consumption_rates(pipeline)
     for workers in [int(w) for w in args.workers.split(",")]:
       record = dict(kind="input", pipeline=pipeline, batch=batch_size, workers=workers,
-                    **measure(source, batch_size, workers, args.batches),
+                    **measure(source, batch_size, workers, args.batches, args.warmup),
                     consumer=CONSUMER[pipeline], estimated_step_images_per_s=consumers)
       record["loader_over_step"] = {device: round(record["examples_per_s"] / rate, 3)
                                     for device, rate in consumers.items()}

@@ -153,7 +153,11 @@ def _in_worker_processes(loader: Loader, epoch: int, start_step: int) -> Iterato
   if not flags.FLAGS.is_parsed():  # grain reads absl flags; a library caller never parsed any
     flags.FLAGS.mark_as_parsed()
   steps = grain.MapDataset.range(start_step, loader.steps_per_epoch)
-  batches = steps.map(functools.partial(_batch_at, loader, epoch)).to_iter_dataset()
+  # One batch at a time per worker (its decoding and crops already use a thread pool), with
+  # `prefetch` batches ahead: grain's default (16 threads, 500 elements) would hold hundreds
+  # of ImageNet batches in memory per worker.
+  read = grain.ReadOptions(num_threads=1, prefetch_buffer_size=max(1, loader.prefetch))
+  batches = steps.map(functools.partial(_batch_at, loader, epoch)).to_iter_dataset(read)
   options = grain.MultiprocessingOptions(num_workers=loader.workers,
                                          per_worker_buffer_size=max(1, loader.prefetch))
   for batch in batches.mp_prefetch(options):
