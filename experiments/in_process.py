@@ -15,6 +15,7 @@ sys.path.insert(0, REPO)  # this checkout's kd_jax and configs, not an installed
 import jax  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
+from configs import synthetic  # pylint: disable=g-import-not-at-top
 from kd_jax import models, pipeline  # pylint: disable=g-import-not-at-top
 from kd_jax.train import evaluate, parallel  # pylint: disable=g-import-not-at-top
 
@@ -81,3 +82,45 @@ def fmt(ms, digits=4, signed=False):
     return "n/a"
   sign = "+" if signed else ""
   return f"{ms[0]:{sign}.{digits}f} +- {ms[1]:.{digits}f}"
+
+
+def add_synthetic_args(parser, **defaults):
+  """The synthetic data's and the training run's flags that tang/lan share; `defaults`
+  overrides per script (e.g. noise=2.2, train=11_000)."""
+  values = dict(classes=50, superclasses=10, dim=64, noise=2.5, train=21_000, test=20_000,
+                holdout=1_000, batch=128, lr=0.05, epochs=12) | defaults
+  helps = dict(train="train split (holdout included)", epochs="student epochs")
+  for name, value in values.items():
+    parser.add_argument(f"--{name}", type=type(value), default=value, help=helps.get(name))
+
+
+def synthetic_config(args, name, seed, correlation):
+  """configs/synthetic.py at the flags of `add_synthetic_args`: the data fixed across seeds
+  (`dataset.seed`, holdout and its seed), `seed` for init and data order, cosine schedule,
+  test once at the end (validation every epoch picks the best checkpoint), one checkpoint."""
+  c = synthetic.get_config()
+  c.name = name
+  c.seed = seed
+  c.dataset.seed = 0
+  c.dataset.holdout = args.holdout
+  c.dataset.holdout_seed = 0
+  c.dataset.options = dict(num_classes=args.classes, num_superclasses=args.superclasses,
+                           correlation=float(correlation), dim=args.dim, noise=args.noise,
+                           separation=1.0, num_train=args.train, num_test=args.test)
+  c.batch_size = args.batch
+  c.num_epochs = args.epochs
+  c.optim.learning_rate = args.lr
+  c.optim.schedule = "cosine"
+  c.eval_test_every_epochs = 0
+  c.log_every_steps = 10_000
+  c.checkpoint.every_steps = 0
+  c.checkpoint.keep = 1
+  return c
+
+
+def pyplot():
+  """matplotlib.pyplot on the Agg backend (no display)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt

@@ -40,9 +40,18 @@ import sys
 import time
 
 import numpy as np
-from in_process import Runner, fmt, logits_on, mean_std, speed_up_in_process_runs
+from in_process import (
+  Runner,
+  add_synthetic_args,
+  fmt,
+  logits_on,
+  mean_std,
+  pyplot,
+  speed_up_in_process_runs,
+  synthetic_config,
+)
 
-from configs import common, synthetic
+from configs import common
 from kd_jax.train import teacher as teacher_lib
 
 TEACHER_MODEL, STUDENT_MODEL = "mlp_large", "mlp_small"
@@ -60,17 +69,8 @@ def parse_args():
   p.add_argument("--seeds", default="0,1,2")
   p.add_argument("--teacher_epochs", default="6,3,1",
                  help="one teacher training length per error level (nominal 5%%, 15%%, 30%%)")
-  p.add_argument("--classes", type=int, default=50)
-  p.add_argument("--superclasses", type=int, default=10)
   p.add_argument("--correlation", type=float, default=0.5)
-  p.add_argument("--dim", type=int, default=64)
-  p.add_argument("--noise", type=float, default=2.2)
-  p.add_argument("--train", type=int, default=11_000, help="train split (holdout included)")
-  p.add_argument("--test", type=int, default=5_000)
-  p.add_argument("--holdout", type=int, default=1_000)
-  p.add_argument("--batch", type=int, default=128)
-  p.add_argument("--lr", type=float, default=0.05)
-  p.add_argument("--epochs", type=int, default=8, help="student epochs")
+  add_synthetic_args(p, noise=2.2, train=11_000, test=5_000, epochs=8)
   p.add_argument("--ratios", default="0.5,0.7,0.9")
   p.add_argument("--main_ratio", type=float, default=0.5)
   p.add_argument("--warmup", type=int, default=2, help="W of the warmed student")
@@ -82,24 +82,7 @@ def parse_args():
 # ----------------------------------------------------------------------------- configs
 
 def base_config(args, seed):
-  c = synthetic.get_config()
-  c.name = "lan"
-  c.seed = seed
-  c.dataset.seed = 0
-  c.dataset.holdout = args.holdout
-  c.dataset.holdout_seed = 0
-  c.dataset.options = dict(num_classes=args.classes, num_superclasses=args.superclasses,
-                           correlation=args.correlation, dim=args.dim, noise=args.noise,
-                           separation=1.0, num_train=args.train, num_test=args.test)
-  c.batch_size = args.batch
-  c.num_epochs = args.epochs
-  c.optim.learning_rate = args.lr
-  c.optim.schedule = "cosine"
-  c.eval_test_every_epochs = 0  # test once, at the end (validation every epoch: best ckpt)
-  c.log_every_steps = 10_000
-  c.checkpoint.every_steps = 0
-  c.checkpoint.keep = 1
-  return c
+  return synthetic_config(args, "lan", seed, args.correlation)
 
 
 def teacher_config(args, seed, epochs):
@@ -243,15 +226,8 @@ def claims(table, levels, errors, main_ratio):
 
 # ----------------------------------------------------------------------------- plots
 
-def _pyplot():
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  return plt
-
-
 def plot_methods(table, levels, errors, path):
-  plt = _pyplot()
+  plt = pyplot()
   fig, ax = plt.subplots(figsize=(7.5, 4.8))
   x = np.array([errors[lv][0] for lv in levels])
   for i, name in enumerate(METHODS):
@@ -270,7 +246,7 @@ def plot_methods(table, levels, errors, path):
 
 def plot_grid(table, levels, errors, ratios, main_ratio, path):
   """lr_ds - lr per criterion vs ratio, and teacher-wrong share inside / outside."""
-  plt = _pyplot()
+  plt = pyplot()
   fig, axes = plt.subplots(2, len(levels), figsize=(4.2 * len(levels), 7.5), squeeze=False)
   for j, lv in enumerate(levels):
     ax = axes[0, j]

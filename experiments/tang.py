@@ -48,11 +48,20 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from in_process import Runner, fmt, logits_on, mean_std, speed_up_in_process_runs
+from in_process import (
+  Runner,
+  add_synthetic_args,
+  fmt,
+  logits_on,
+  mean_std,
+  pyplot,
+  speed_up_in_process_runs,
+  synthetic_config,
+)
 from in_process import softmax as _softmax
 from scipy import stats as scipy_stats
 
-from configs import common, synthetic
+from configs import common
 from kd_jax import losses, models, pipeline, targets
 from kd_jax.data.synthetic import superclass_of
 from kd_jax.train import loop
@@ -71,16 +80,7 @@ def parse_args():
   p.add_argument("--workdir", default="", help="runs folder (default OUT/runs)")
   p.add_argument("--seeds", default="0,1,2")
   p.add_argument("--correlations", default="0.0,0.25,0.5,0.75,0.9")
-  p.add_argument("--classes", type=int, default=50)
-  p.add_argument("--superclasses", type=int, default=10)
-  p.add_argument("--dim", type=int, default=64)
-  p.add_argument("--noise", type=float, default=2.5)
-  p.add_argument("--train", type=int, default=21_000, help="train split (holdout included)")
-  p.add_argument("--test", type=int, default=20_000)
-  p.add_argument("--holdout", type=int, default=1_000)
-  p.add_argument("--batch", type=int, default=128)
-  p.add_argument("--lr", type=float, default=0.05)
-  p.add_argument("--epochs", type=int, default=12, help="student epochs")
+  add_synthetic_args(p)
   p.add_argument("--teacher_epochs", type=int, default=4)
   p.add_argument("--fixed_eps", type=float, default=0.1,
                  help="eps of the ls_eps/kd_sim_eps controls (0: none)")
@@ -96,24 +96,7 @@ def parse_args():
 # ----------------------------------------------------------------------------- configs
 
 def base_config(args, correlation, seed):
-  c = synthetic.get_config()
-  c.name = "tang"
-  c.seed = seed
-  c.dataset.seed = 0
-  c.dataset.holdout = args.holdout
-  c.dataset.holdout_seed = 0
-  c.dataset.options = dict(num_classes=args.classes, num_superclasses=args.superclasses,
-                           correlation=float(correlation), dim=args.dim, noise=args.noise,
-                           separation=1.0, num_train=args.train, num_test=args.test)
-  c.batch_size = args.batch
-  c.num_epochs = args.epochs
-  c.optim.learning_rate = args.lr
-  c.optim.schedule = "cosine"
-  c.eval_test_every_epochs = 0  # test once, at the end (validation every epoch: best ckpt)
-  c.log_every_steps = 10_000
-  c.checkpoint.every_steps = 0
-  c.checkpoint.keep = 1
-  return c
+  return synthetic_config(args, "tang", seed, correlation)
 
 
 def teacher_config(args, correlation, seed, method):
@@ -291,15 +274,8 @@ def tabulate(runs, baseline="ls"):
 
 # ----------------------------------------------------------------------------- plots
 
-def _pyplot():
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  return plt
-
-
 def plot_gains(tables, correlations, main_k, fixed_eps, path):
-  plt = _pyplot()
+  plt = pyplot()
   fig, ax = plt.subplots(figsize=(8, 5))
   labels = [*PLOTTED, f"kd_topk{main_k}"]
   if fixed_eps:
@@ -322,7 +298,7 @@ def plot_gains(tables, correlations, main_k, fixed_eps, path):
 
 
 def plot_topk(tables, sweep_correlations, ks, path):
-  plt = _pyplot()
+  plt = pyplot()
   fig, ax = plt.subplots(figsize=(6, 4))
   for c in sweep_correlations:
     means = [tables[c][f"kd_topk{k}"]["gain_over_ls"][0] for k in ks]
@@ -346,7 +322,7 @@ def plot_topk(tables, sweep_correlations, ks, path):
 
 
 def plot_gradients(grads, summary, path, max_points=3000):
-  plt = _pyplot()
+  plt = pyplot()
   q_y = grads["q_y"]
   centers = (np.array(summary["bin_edges"][:-1]) + np.array(summary["bin_edges"][1:])) / 2
   rng = np.random.default_rng(0)

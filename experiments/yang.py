@@ -40,7 +40,7 @@ import sys
 import time
 
 import numpy as np
-from in_process import Runner, fmt, mean_std, speed_up_in_process_runs
+from in_process import Runner, fmt, mean_std, pyplot, speed_up_in_process_runs
 
 from configs import common, mnist1d_generations, synthetic_generations
 
@@ -189,9 +189,7 @@ def claims(diffs, tolerant, num):
 # ----------------------------------------------------------------------------- plot
 
 def plot(tables, schedules, secondary_metric, path):
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = pyplot()
   fig, axes = plt.subplots(len(schedules), 2, figsize=(13, 4.2 * len(schedules)), squeeze=False)
   colors = {p: f"C{i}" for i, p in enumerate(tables["constant"])}  # one per patriarch
   for (acc_ax, sec_ax), (schedule, weights) in zip(axes, schedules.items()):
