@@ -4,7 +4,7 @@
       [--batch-sizes 64,256] [--steps 10] [--rounds 3] [--dtype float32|bfloat16]
       [--device auto|cpu|gpu] [--threads N] [--torch-compile on|off]
       [--torch-compile-timeout S] [--teacher-outputs live,cache] [--cache-examples N]
-      [--quick]
+      [--host-devices N] [--quick]
 
 The defaults are sized for a GPU; on a CPU use few steps, e.g. `--batch-sizes 64 --steps 1
 --rounds 3 --torch-compile off` (one resnet32x4 step at batch 64 is several seconds on a core,
@@ -46,13 +46,17 @@ Also: kd_jax's trace+lower and compile time (ahead of time, then the first call 
 executable) and the first call's time, the jit cache size after every step (1 = no
 recompilation), XLA's FLOP count of the step (`cost_analysis()["flops"]`) and the achieved
 FLOP/s of each implementation (same count: the same computation). Both frameworks get the
-same number of CPU threads; `--device gpu` (or `auto` on a GPU machine) runs JAX on its
+same number of CPU threads; `--host-devices N` (CPU) splits the CPU into N XLA devices and
+shards kd_jax's batch over them as the trainer does (`kd_jax.train.parallel`; BatchNorm
+statistics stay those of the whole batch), because one XLA:CPU device uses several cores
+poorly for these networks; `--device gpu` (or `auto` on a GPU machine) runs JAX on its
 default GPU backend and torch on CUDA with synchronisation before every clock read.
 Output: one JSON line per case, then a markdown table.
 """
 
 import argparse
 import functools
+import os
 import time
 import warnings
 
@@ -65,7 +69,7 @@ import torch
 from torch.nn import functional as F
 
 from kd_jax import methods, models
-from kd_jax.train import teacher_cache
+from kd_jax.train import parallel, teacher_cache
 from tests import torch_reference
 
 NUM_CLASSES = 100
@@ -205,6 +209,12 @@ def run_case(teacher_name, student_name, batch, args, torch_device) -> dict:
     # Its own copy of the initial state: each step donates (deletes) the state it is given.
     cached_state, table = jax.tree.map(jnp.copy, jax.device_put(state)), jax.device_put(table)
   state, teacher_vars, x, y, idx = jax.device_put((state, teacher_vars, images, labels, index))
+  if jax.device_count() > 1:  # --host-devices: the trainer's layout, batch split over devices
+    mesh = parallel.make_mesh()
+    state, teacher_vars = parallel.replicate((state, teacher_vars), mesh)
+    x, y, idx = jax.device_put((x, y, idx), parallel.data_sharded(mesh))
+    if cached:
+      cached_state, table = parallel.replicate((cached_state, table), mesh)
 
   start = time.perf_counter()
   lowered = step.lower(state, teacher_vars, x, y, idx)
@@ -214,7 +224,8 @@ def run_case(teacher_name, student_name, batch, args, torch_device) -> dict:
   compile_s = time.perf_counter() - start
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
-  flops = float(cost.get("flops", float("nan")))
+  # A sharded executable is the per-device program: count every device's share.
+  flops = float(cost.get("flops", float("nan"))) * jax.device_count()
 
   x_t = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(torch_device)
   y_t = torch.from_numpy(labels.astype(np.int64)).to(torch_device)
@@ -290,7 +301,8 @@ def run_case(teacher_name, student_name, batch, args, torch_device) -> dict:
 
   record = dict(kind="step", pair=f"{teacher_name}->{student_name}", teacher=teacher_name,
                 student=student_name, batch=batch, dtype=args.dtype,
-                jax_backend=jax.default_backend(), torch_device=torch_device,
+                jax_backend=jax.default_backend(), jax_devices=jax.device_count(),
+                torch_device=torch_device,
                 steps_per_round=args.steps, rounds=args.rounds,
                 jax_images_per_s=round(rate["kd_jax"], 1),
                 torch_images_per_s=round(rate["torch"], 1),
@@ -342,8 +354,23 @@ def main(argv=None):
                       "step with the teacher's logits looked up from a table)")
   parser.add_argument("--cache-examples", type=int, default=50_000,
                       help="rows of the cached-teacher table (CIFAR's training set: 50000)")
+  parser.add_argument("--host-devices", type=int, default=1,
+                      help="CPU only: split the CPU into this many XLA devices and shard kd_jax's "
+                      "batch over them (XLA_FLAGS --xla_force_host_platform_device_count)")
   parser.add_argument("--quick", action="store_true", help="tiny sizes, for the smoke test")
   args = parser.parse_args(argv)
+  if args.host_devices > 1:
+    if args.device == "gpu":
+      raise SystemExit("--host-devices applies to the CPU; it cannot be used with --device gpu")
+    # Read when JAX starts its CPU backend, which has not happened yet.
+    os.environ["XLA_FLAGS"] = " ".join(filter(None, [
+        os.environ.get("XLA_FLAGS"),
+        f"--xla_force_host_platform_device_count={args.host_devices}"]))
+    args.device = "cpu"
+    uneven = [b for b in args.batch_sizes.split(",") if int(b) % args.host_devices]
+    if uneven:
+      raise SystemExit(f"--batch-sizes {','.join(uneven)}: not divisible by --host-devices "
+                       f"{args.host_devices}")
   if args.quick:
     args.pairs, args.batch_sizes, args.steps, args.rounds = "resnet8:resnet8", "4", 2, 2
     args.cache_examples = 64
@@ -376,7 +403,9 @@ def main(argv=None):
            f"{r['flops_per_step'] / 1e9:.1f}", r["jax_gflop_per_s"], r["torch_gflop_per_s"],
            "ok" if r["agree"] else f"FAIL {r['loss_rel_err']}"] for r in records]
   print()
-  print(f"KD train step, {backend} JAX vs torch {torch_device}, {threads} threads each; median "
+  devices = (f" (kd_jax batch sharded over {jax.device_count()} devices)"
+             if jax.device_count() > 1 else "")
+  print(f"KD train step, {backend} JAX vs torch {torch_device}, {threads} threads each{devices}; median "
         f"images/s of {args.rounds} alternating rounds of {args.steps} steps")
   print(common.markdown_table(
       ["teacher->student", "B", "dtype", "kd_jax img/s", "torch img/s", "kd_jax/torch",

@@ -1,8 +1,9 @@
-"""Smoke test of the kd_jax-vs-PyTorch benchmarks: both scripts run with --quick.
+"""Smoke test of the kd_jax-vs-PyTorch benchmarks: each script runs with --quick.
 
-The two scripts run concurrently in subprocesses (each is mostly single-threaded
-compilation at these sizes); every JSON line must parse, every case must report that kd_jax
-and torch agree, and the step benchmark must compile its step once.
+The scripts run concurrently in subprocesses (each is mostly single-threaded compilation at
+these sizes); every JSON line must parse, every case must report that kd_jax and torch
+agree, the step benchmark must compile its step once (also with its batch sharded over two
+CPU devices), and the convolution profile must find every convolution of the network.
 """
 
 import json
@@ -27,18 +28,21 @@ def _records(stdout: str) -> list[dict]:
 
 def test_bench_scripts_quick():
   env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
-  scripts = ("bench_losses.py", "bench_step.py")
+  runs = {"bench_losses.py": ("bench_losses.py", "--device", "cpu"),
+          "bench_step.py": ("bench_step.py", "--device", "cpu"),
+          "bench_step.py sharded": ("bench_step.py", "--host-devices", "2"),
+          "bench_convs.py": ("bench_convs.py", "--device", "cpu")}
   processes = {
-      script: subprocess.Popen([sys.executable, str(ROOT / "experiments" / script), "--quick",
-                                "--device", "cpu"],
-                               cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-      for script in scripts}
+      name: subprocess.Popen([sys.executable, str(ROOT / "experiments" / script), "--quick",
+                              *flags],
+                             cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+      for name, (script, *flags) in runs.items()}
   outputs = {}
-  for script, process in processes.items():
-    stdout, stderr = process.communicate(timeout=240)
-    assert process.returncode == 0, f"{script} failed:\n{stdout[-3000:]}\n{stderr[-3000:]}"
-    outputs[script] = _records(stdout)
+  for name, process in processes.items():
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, f"{name} failed:\n{stdout[-3000:]}\n{stderr[-3000:]}"
+    outputs[name] = _records(stdout)
 
   losses = outputs["bench_losses.py"]
   assert losses[0]["kind"] == "environment" and losses[0]["threads"] >= 1
@@ -51,10 +55,25 @@ def test_bench_scripts_quick():
     assert r["jax_us"] > 0 and r["torch_us"] > 0 and r["speedup"] > 0
     assert r["cache_size"] == 1
 
-  steps = [r for r in outputs["bench_step.py"] if r["kind"] == "step"]
-  assert steps
-  for r in steps:
-    assert r["agree"], r
-    assert r["jax_cache_size"] == 1
-    assert r["jax_images_per_s"] > 0 and r["torch_images_per_s"] > 0
-    assert r["flops_per_step"] > 0
+  for run, devices in (("bench_step.py", 1), ("bench_step.py sharded", 2)):
+    steps = [r for r in outputs[run] if r["kind"] == "step"]
+    assert steps
+    for r in steps:
+      assert r["agree"], r
+      assert r["jax_devices"] == devices
+      assert r["jax_cache_size"] == 1 and r["jax_cached_cache_size"] == 1
+      assert r["jax_images_per_s"] > 0 and r["torch_images_per_s"] > 0
+      assert r["flops_per_step"] > 0
+  # Sharded, XLA reports the per-device program; the benchmark counts every device's share.
+  assert ([r["flops_per_step"] for r in outputs["bench_step.py sharded"] if r["kind"] == "step"]
+          == pytest.approx([r["flops_per_step"] for r in outputs["bench_step.py"]
+                            if r["kind"] == "step"], rel=0.05))
+
+  (model,) = [r for r in outputs["bench_convs.py"] if r["kind"] == "model"]
+  # resnet8: the stem, two per basic block (3 stages x 1 block) and two 1x1 shortcuts.
+  assert model["model"] == "resnet8" and model["convolutions"] == 9
+  convolutions = [r for r in outputs["bench_convs.py"] if r["kind"] == "convolution"]
+  assert sum(r["count"] for r in convolutions) == 9
+  for r in convolutions:
+    assert all(r[f"{impl}_{part}_ms"] > 0 for impl in ("kd_jax", "torch")
+               for part in ("fwd", "dx", "dw")), r
