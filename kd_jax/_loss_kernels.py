@@ -181,8 +181,10 @@ def top_k_sets(x, ks):
   num_classes, k_max = x.shape[-1], max(ks)
 
   def from_top_k():
-    # The barrier keeps the slices from merging into the sort (a full sort, not XLA's TopK).
-    values, index = jax.lax.optimization_barrier(jax.lax.top_k(x, k_max))
+    values, index = jax.lax.top_k(x, k_max)
+    # The barriers keep the slices from merging into the sort (a full sort, not XLA's TopK);
+    # one barrier on the pair crashes XLA's TopK decomposer.
+    values, index = jax.lax.optimization_barrier(values), jax.lax.optimization_barrier(index)
     sets = []
     for k in ks:
       t = values[..., k - 1]
@@ -205,7 +207,8 @@ def top_k_sets(x, ks):
   clean = jnp.all(clean)
 
   def from_distinct():
-    last = jnp.full(x.shape[:-1], num_classes - 1, jnp.int32)
+    # (Like the values: under shard_map the cond's two branches must vary alike.)
+    last = jax.lax.full_like(distinct[0], num_classes - 1, jnp.int32)
     return jnp.stack(distinct, axis=-1), [(distinct[k - 1], last) for k in ks]
 
   return jax.lax.cond(clean, from_distinct, from_top_k)
