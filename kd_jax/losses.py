@@ -321,13 +321,22 @@ def tsd(logits, num_secondary=5, labels=None):
   # row sum); the ranking is under stop_gradient, the probabilities are differentiable.
   _, e = kernels.exp_shifted(z)
   e = jax.lax.stop_gradient(e)
-  if labels is None:
-    _, order = jax.lax.top_k(e, num_secondary + 1)
-    return kernels.primary_minus_secondary(z, None, order)
+  secondary = np.float32(-1.0 / num_secondary)
+  if labels is None:  # the primary is the top 1 of e; the secondaries the rest of the top K+1
+    values, (first, top) = kernels.top_k_sets(e, (1, num_secondary + 1))
+    w = jnp.where(kernels.in_top_set(e, *first), 1.0,
+                  jnp.where(kernels.in_top_set(e, *top), secondary, 0.0))
+    weights = np.array([1.0] + [secondary] * num_secondary, np.float32)
+    return kernels.primary_minus_secondary(z, w, jnp.sum(values * weights, axis=-1))
   labels, valid = _checked_labels(labels, num_classes)
   # The primary's own entry ranks below every other class when choosing the secondary ones.
-  _, order = jax.lax.top_k(jnp.where(kernels.one_hot_mask(labels, z.shape), -1.0, e), num_secondary)
-  return _nan_unless(valid, kernels.primary_minus_secondary(z, labels, order))
+  is_primary = kernels.one_hot_mask(labels, z.shape)
+  ranked = jnp.where(is_primary, -1.0, e)
+  values, (top,) = kernels.top_k_sets(ranked, (num_secondary,))
+  w = jnp.where(is_primary, 1.0, jnp.where(kernels.in_top_set(ranked, *top), secondary, 0.0))
+  weighted = (jnp.sum(values * secondary, axis=-1)
+              + jnp.take_along_axis(e, labels[..., None], axis=-1)[..., 0])
+  return _nan_unless(valid, kernels.primary_minus_secondary(z, w, weighted))
 
 
 def entropy(logits):

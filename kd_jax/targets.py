@@ -19,13 +19,15 @@ Methods: label smoothing (`smooth`), Label Revision of Lan et al. (`revise`), an
 partial-knowledge variants of Tang et al.: KD-pt (`pt`), KD-sim (`class_similarity` +
 `sim`), KD-pt+sim (`pt_sim`) and KD-topk (`topk`).
 
-This module imports nothing else of kd_jax but `losses`' validators.
+This module imports nothing else of kd_jax but `losses`' validators and the top-k selection
+of its kernels (`kd_jax._loss_kernels`).
 """
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kd_jax import _loss_kernels as _kernels
 from kd_jax.losses import (
   _checked_labels,
   _concrete,
@@ -233,15 +235,8 @@ def topk(teacher_probs, k):
   q = _teacher(teacher_probs)
   num_classes = q.shape[-1]
   check_int_range("k", k, 1, num_classes - 1)
-  top_values, top_index = jax.lax.top_k(q, k)
-  # One compare per kept rank (k is small), after a barrier: slicing top_index directly would
-  # merge the slices into the sort that top_k lowers to, and XLA then runs a full sort
-  # instead of its TopK kernel.
-  columns = jax.lax.optimization_barrier(top_index)
-  column = jax.lax.broadcasted_iota(top_index.dtype, q.shape, q.ndim - 1)
-  kept = column == columns[..., 0:1]
-  for rank in range(1, k):
-    kept = kept | (column == columns[..., rank:rank + 1])
+  top_values, (top,) = _kernels.top_k_sets(q, (k,))  # top_k's set, without its sort
+  kept = _kernels.in_top_set(q, *top)
   rest = (1.0 - jnp.sum(top_values, axis=-1, keepdims=True)) / (num_classes - k)
   # When the top k hold all the mass, float32 rounding can make 1 - sum slightly negative;
   # a negative target entry makes kl_to_targets nan (log of a negative number).

@@ -559,3 +559,74 @@ def test_forward_mode_and_hessian_through_the_kernels():
   for ours, plain in ((lambda z: losses.kd(z, t, 4.0).sum(), plain_kd),
                       (lambda z: losses.cross_entropy(z, y).sum(), plain_ce)):
     np.testing.assert_allclose(jax.hessian(ours)(z), jax.hessian(plain)(z), atol=1e-6)
+
+
+# ------------------------------------------------- top-k selection without lax.top_k's sort
+
+
+def _tied_rows(b, c, seed):
+  """Rows of a few distinct values (ties everywhere, at the k-th value too) and one row of
+  distinct values, float32."""
+  rng = np.random.default_rng([seed, b, c])
+  x = rng.integers(0, 4, size=(b, c)).astype(np.float32)
+  x[0] = rng.permutation(c).astype(np.float32)
+  return x
+
+
+@pytest.mark.parametrize("c", [2, 3, 7, 10, 100, 1000])
+@pytest.mark.parametrize("tied", [False, True], ids=["distinct", "tied"])
+def test_top_k_sets_select_what_lax_top_k_selects(c, tied):
+  """Both paths of `top_k_sets` (the threshold one and, with ties at the k-th value, the
+  lax.top_k fallback): the same values and the same set as lax.top_k, ties to the lowest
+  index."""
+  from kd_jax import _loss_kernels as kernels
+  x = _tied_rows(6, c, 1) if tied else np.random.default_rng(c).normal(size=(6, c)).astype(
+      np.float32)
+  # k * C <= kernels.ROUNDS_MAX_WORK takes the rounds; else (or k = C) lax.top_k itself.
+  k_sets = [(k,) for k in sorted({1, min(5, c), min(16, c), max(1, c - 1), c})]
+  k_sets.append((1, min(6, c)))  # as TSD asks: the primary and the top K+1 together
+
+  @functools.partial(jax.jit, static_argnums=1)
+  def sets(x, ks):
+    values, pairs = kernels.top_k_sets(x, ks)
+    return values, [kernels.in_top_set(x, *pair) for pair in pairs]
+
+  for ks in k_sets:
+    values, masks = sets(x, ks)
+    for k, mask in zip(ks, masks):
+      ref_values, ref_index = jax.lax.top_k(x, k)
+      ref_mask = np.zeros(x.shape, bool)
+      np.put_along_axis(ref_mask, np.asarray(ref_index), True, axis=-1)
+      np.testing.assert_array_equal(np.asarray(mask), ref_mask, err_msg=f"k={k} of {ks}")
+      np.testing.assert_array_equal(np.asarray(values)[:, :k], ref_values, err_msg=f"k={k}")
+
+
+def _tsd_with_lax_top_k(z, num_secondary, labels=None):
+  """TSD with the classes chosen by lax.top_k and picked by gather: its value and gradient
+  fix which of several tied classes are primary and secondary."""
+  p = jax.nn.softmax(z)
+  e = jax.lax.stop_gradient(jnp.exp(z - jnp.max(z, -1, keepdims=True)))
+  if labels is None:
+    _, order = jax.lax.top_k(e, num_secondary + 1)
+    ranked = jnp.take_along_axis(p, order, -1)
+    return ranked[:, 0] - ranked[:, 1:].mean(-1)
+  _, order = jax.lax.top_k(jnp.where(jax.nn.one_hot(labels, z.shape[-1]) > 0, -1.0, e),
+                           num_secondary)
+  primary = jnp.take_along_axis(p, labels[:, None], -1)[:, 0]
+  return primary - jnp.take_along_axis(p, order, -1).mean(-1)
+
+
+@pytest.mark.parametrize("c", [2, 10, 100, 1000])
+@pytest.mark.parametrize("tied", [False, True], ids=["distinct", "tied"])
+def test_tsd_ties_pick_the_classes_lax_top_k_picks(c, tied):
+  k = _num_secondary(c)
+  z = _tied_rows(5, c, 2) if tied else np.random.default_rng(c).normal(size=(5, c)).astype(
+      np.float32)
+  y = jnp.asarray(np.arange(5) % c, jnp.int32)
+  for labels in (None, y):
+    ours = jax.jit(jax.value_and_grad(
+        lambda z, labels=labels: losses.tsd(z, k, labels=labels).sum()))(z)
+    plain = jax.value_and_grad(
+        lambda z, labels=labels: _tsd_with_lax_top_k(z, k, labels).sum())(z)
+    np.testing.assert_allclose(ours[0], plain[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ours[1], plain[1], rtol=1e-5, atol=1e-6)

@@ -435,3 +435,18 @@ def test_traced_invalid_scalars_give_nan():
       for value in values:
         out = _scalar_args(d, **{"eta": ETA, "epsilon": EPS, "tau": TAU, arg: value})
         assert np.isnan(out[name]).all(), (name, arg, value)
+
+
+@pytest.mark.parametrize("c", [2, 3, 10, 100, 1000])
+def test_topk_ties_at_the_kth_value_keep_the_lowest_indices(c):
+  """Rows of few distinct probabilities (ties at the k-th value: the lax.top_k fallback of the
+  selection) and rows of distinct ones, against the NumPy reference (stable sort)."""
+  rng = np.random.default_rng(c)
+  counts = rng.integers(1, 4, size=(6, c)).astype(np.float32)
+  tied = counts / counts.sum(-1, keepdims=True)
+  distinct = ref.softmax(rng.normal(size=(6, c)) * 3.0).astype(np.float32)
+  for q in (tied, distinct):
+    # (k = C - 1 leaves 1 - sum(top k) to float32 cancellation; the values test's tolerance.)
+    for k in sorted({1, _k(c), min(16, c - 1)}):
+      np.testing.assert_allclose(_topk(q, k), ref.topk(q, k), rtol=1e-5, atol=1e-6,
+                                 err_msg=f"k={k}")
