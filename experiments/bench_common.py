@@ -88,6 +88,7 @@ def environment(backend: str, torch_device: str, threads: int) -> dict:
               jax_backend=backend, jax_device=str(jax.devices()[0].device_kind),
               torch_device=torch_device, threads=threads, torch_threads=torch.get_num_threads(),
               cpu_count=os.cpu_count(), machine=platform.machine(),
+              xla_flags=os.environ.get("XLA_FLAGS", ""),
               python=platform.python_version())
   if torch_device == "cuda":
     info["torch_gpu"] = torch.cuda.get_device_name()

@@ -46,7 +46,8 @@ Also: kd_jax's trace+lower and compile time (ahead of time, then the first call 
 executable) and the first call's time, the jit cache size after every step (1 = no
 recompilation), XLA's FLOP count of the step (`cost_analysis()["flops"]`) and the achieved
 FLOP/s of each implementation (same count: the same computation). Both frameworks get the
-same number of CPU threads; `--host-devices N` (CPU) splits the CPU into N XLA devices and
+same number of CPU threads; XLA runs with the trainer's CPU flags
+(`kd_jax.train.parallel.CPU_XLA_FLAGS`, unless XLA_FLAGS sets them); `--host-devices N` (CPU) splits the CPU into N XLA devices and
 shards kd_jax's batch over them as the trainer does (`kd_jax.train.parallel`; BatchNorm
 statistics stay those of the whole batch), because one XLA:CPU device uses several cores
 poorly for these networks; `--device gpu` (or `auto` on a GPU machine) runs JAX on its
@@ -359,6 +360,7 @@ def main(argv=None):
                       "batch over them (XLA_FLAGS --xla_force_host_platform_device_count)")
   parser.add_argument("--quick", action="store_true", help="tiny sizes, for the smoke test")
   args = parser.parse_args(argv)
+  parallel.use_cpu_xla_flags()  # kd_jax's step as the trainer runs it (kd_jax.main does this)
   if args.host_devices > 1:
     if args.device == "gpu":
       raise SystemExit("--host-devices applies to the CPU; it cannot be used with --device gpu")

@@ -19,6 +19,10 @@ from configs import synthetic  # pylint: disable=g-import-not-at-top
 from kd_jax import models, pipeline  # pylint: disable=g-import-not-at-top
 from kd_jax.train import evaluate, parallel  # pylint: disable=g-import-not-at-top
 
+# The trainer's XLA:CPU flags, as `python -m kd_jax.main` sets them (read when JAX starts its
+# backend, which no import above does).
+parallel.use_cpu_xla_flags()
+
 
 def speed_up_in_process_runs(cache_dir):
   """Two costs that dominate ~100s of small runs in one process and change no result:

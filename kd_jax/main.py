@@ -51,6 +51,7 @@ def main(argv):
     dist = config.distributed
   except Exception as error:  # ml_collections defers a config file's load errors to here
     fail(f"invalid --config: {' '.join(str(error).split())[:500]}")
+  parallel.use_cpu_xla_flags()  # before JAX starts a backend
   parallel.initialize(dist.coordinator_address, dist.num_processes, dist.process_id,
                       dist.cpu_collectives)
   try:

@@ -54,3 +54,49 @@ def test_two_processes_match_one(tmp_path, single_device):
   for p, (_, err) in zip(procs, outputs):
     assert p.returncode == 0, err[-3000:]
   _assert_close(trainer_util.read_summary(tmp_path), single_device)
+
+
+def test_use_cpu_xla_flags_appends_once_and_keeps_the_users_setting():
+  from kd_jax.train import parallel
+  (flag,) = parallel.CPU_XLA_FLAGS
+  environ = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+  assert parallel.use_cpu_xla_flags(environ) == (flag,)
+  assert environ["XLA_FLAGS"] == f"--xla_force_host_platform_device_count=4 {flag}"
+  assert parallel.use_cpu_xla_flags(environ) == ()  # already there: not twice
+  assert environ["XLA_FLAGS"].count(flag) == 1
+  mine = {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=+individual_convolution"}
+  assert parallel.use_cpu_xla_flags(mine) == ()
+  assert mine["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=+individual_convolution"
+  empty = {}
+  parallel.use_cpu_xla_flags(empty)
+  assert empty["XLA_FLAGS"] == flag
+
+
+_COUNT_YNN_CONVOLUTIONS = """
+import jax, jax.numpy as jnp
+from jax import lax
+conv = lambda x, w: lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)),
+                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
+text = jax.jit(conv).lower(jnp.zeros((8, 16, 16, 32)), jnp.zeros((3, 3, 32, 32))).compile().as_text()
+print(text.count("__ynn_fusion"))
+"""
+
+
+@pytest.mark.parametrize("flags, in_ynnpack", [
+    ("", True), ("--xla_cpu_experimental_ynn_fusion_type=+individual_convolution", True),
+    ("kd_jax", False)])
+def test_cpu_xla_flags_take_convolutions_from_ynnpack(flags, in_ynnpack):
+  """The flag still means what CPU_XLA_FLAGS's comment says in this jaxlib: a 2-D convolution
+  compiles to a YNNPACK fusion by default (and when the user opts back in), not with it."""
+  import os
+  import sys
+
+  from kd_jax.train import parallel
+  environ = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+  if flags == "kd_jax":
+    assert parallel.use_cpu_xla_flags(environ), "no flags for this jaxlib"
+  else:
+    environ["XLA_FLAGS"] = flags
+  result = subprocess.run([sys.executable, "-c", _COUNT_YNN_CONVOLUTIONS], env=environ,
+                          capture_output=True, text=True, check=True)
+  assert (int(result.stdout.split()[-1]) > 0) == in_ynnpack, (flags, result.stdout)
