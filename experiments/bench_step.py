@@ -360,7 +360,6 @@ def main(argv=None):
                       "batch over them (XLA_FLAGS --xla_force_host_platform_device_count)")
   parser.add_argument("--quick", action="store_true", help="tiny sizes, for the smoke test")
   args = parser.parse_args(argv)
-  parallel.use_cpu_xla_flags()  # kd_jax's step as the trainer runs it (kd_jax.main does this)
   if args.host_devices > 1:
     if args.device == "gpu":
       raise SystemExit("--host-devices applies to the CPU; it cannot be used with --device gpu")

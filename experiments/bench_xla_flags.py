@@ -4,7 +4,9 @@
       [--step-args "--pairs wrn_40_2:wrn_16_2 --batch-sizes 64 --steps 1 --rounds 3 ..."]
 
 XLA flags are read once per process, so every setting runs `experiments/bench_step.py` in its
-own process: the default (empty XLA_FLAGS) and each setting in `--flags` (settings separated
+own process: the default (empty XLA_FLAGS, to which bench_step adds kd_jax's own CPU flags,
+`kd_jax.train.parallel.CPU_XLA_FLAGS`, as the trainer does; a setting that names one of those
+flags replaces it) and each setting in `--flags` (settings separated
 by ";", flags within a setting by spaces), `--repeats` times, the order rotating each repeat
 so a load change on a shared machine hits every setting. Each bench_step process alternates
 kd_jax's step with PyTorch's eager step; XLA flags do not touch PyTorch, so its images/s is
@@ -25,6 +27,7 @@ import sys
 import time
 
 SETTINGS = (
+    "--xla_cpu_experimental_ynn_fusion_type=+individual_convolution",  # jaxlib's default
     "--xla_cpu_experimental_ynn_fusion_type=",        # no YNNPACK fusions
     "--xla_cpu_experimental_xnn_fusion_type=",        # no XNNPACK fusions
     "--xla_cpu_use_onednn=true",                       # oneDNN
