@@ -54,6 +54,13 @@ def restrict_cpus(threads: int) -> None:
   os.sched_setaffinity(0, allowed[:threads])
 
 
+def add_machine_args(parser) -> None:
+  """`--device` and `--threads`, which every benchmark passes to `setup`."""
+  parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+  parser.add_argument("--threads", type=int, default=None,
+                      help="pin to this many CPUs (XLA and torch alike); default: all allowed")
+
+
 def setup(device: str, threads: int | None = None):
   """Resolves `device` ("auto", "cpu", "gpu") for both frameworks; sets torch's threads.
 

@@ -282,9 +282,7 @@ def main(argv=None):
   parser.add_argument("--rounds", type=int, default=7)
   parser.add_argument("--block-s", type=float, default=0.1,
                       help="seconds per timing block (calls per block are calibrated)")
-  parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
-  parser.add_argument("--threads", type=int, default=None,
-                      help="pin to this many CPUs (XLA and torch alike); default: all allowed")
+  common.add_machine_args(parser)
   parser.add_argument("--quick", action="store_true", help="tiny sizes, for the smoke test")
   args = parser.parse_args(argv)
   if args.quick:

@@ -343,9 +343,7 @@ def main(argv=None):
   parser.add_argument("--steps", type=int, default=10, help="steps per timing round")
   parser.add_argument("--rounds", type=int, default=3)
   parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-  parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
-  parser.add_argument("--threads", type=int, default=None,
-                      help="pin to this many CPUs (XLA and torch alike); default: all allowed")
+  common.add_machine_args(parser)
   parser.add_argument("--torch-compile", choices=("on", "off"), default=None,
                       help="also time torch.compile (default: on, off with --quick)")
   parser.add_argument("--torch-compile-timeout", type=float, default=900,
