@@ -21,11 +21,11 @@ from jaxlib import version as jaxlib_version
 
 DATA_AXIS = "data"
 
-# YNNPACK, the library XLA:CPU (jaxlib 0.10) hands 2-D convolutions to, computes a
-# convolution's weight gradient 2-6x slower than XLA's own convolution does on this project's
-# CPUs (experiments/bench_convs.py); without it the CPU train step measured 1.1-1.5x faster
-# (README, Performance). Only this library choice changes: YNNPACK keeps the dots and
-# elementwise fusions.
+# YNNPACK, the library XLA:CPU (jaxlib 0.10) hands 2-D convolutions to, computed a CIFAR
+# network's convolution weight gradients 2.0-2.7x slower than PyTorch (XLA's own: 0.95-0.98x;
+# experiments/bench_convs.py); without it the CPU KD step with a cached teacher measured
+# 1.3-1.5x faster (README, Performance). Only this library choice changes: YNNPACK keeps the
+# dots and elementwise fusions.
 CPU_XLA_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",)
 # XLA aborts on a flag it does not know, so they are set only for the jaxlib they were
 # measured with (requirements.txt pins it).
