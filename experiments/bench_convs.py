@@ -28,6 +28,7 @@ Output: one JSON line per distinct convolution and per model, then a markdown ta
 import argparse
 import collections
 import functools
+import time
 
 import bench_common as common
 import jax
@@ -145,11 +146,11 @@ def timer(fn, sync, min_block_s):
   reps = common.calibrate(lambda: wait(fn()), min_block_s)
 
   def timed():
-    start = common.time.perf_counter()
+    start = time.perf_counter()
     for _ in range(reps):
       result = fn()
     wait(result)
-    return (common.time.perf_counter() - start) / reps
+    return (time.perf_counter() - start) / reps
   return timed
 
 
