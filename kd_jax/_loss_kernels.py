@@ -7,6 +7,7 @@ for the fused form are in each kernel's docstring and in the comment below.
 
 import functools
 import itertools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -144,16 +145,34 @@ _defjvp(primary_minus_secondary, _primary_minus_secondary_fwd,
         _primary_minus_secondary_bwd)
 
 
-# Top-k selection without XLA's CPU TopK custom call (about 1 ms at [1024, 100] for k = 5-6,
-# most of a TSD or KD-topk step at that size): k rounds of "the largest value below the last
-# one", each one elementwise pass and one row max (XLA's fast reduction), then one count to
-# check that exactly k entries reach the k-th value. When some row ties at the k-th value
-# (or holds a NaN) the whole call takes lax.top_k instead, so the selected set is always
-# top_k's, ties to the lowest index included. The rounds cost k passes over the array and
-# TopK about 1 us per row plus a few ns per entry. Measured in the TSD and KD-topk steps at
-# B = 1024, k = 5-6: with the rounds the step is 2.4-3.4x faster at C = 100, 1.2-1.5x at
-# C = 300, about even at C = 500-700 and 10-15% slower at C = 1000.
-ROUNDS_MAX_WORK = 3072  # k * C above which lax.top_k is used
+# Top-k selection without XLA's CPU TopK custom call, which costs about 0.6 us per row plus
+# 3 ns per entry (1 ms at [1024, 100], 3.5 ms at [1024, 1000]; most of a TSD or KD-topk step).
+# Two exact alternatives, each checked, with lax.top_k as the fallback when a check fails:
+#
+# rounds   k rounds of "the largest value below the last one", each one elementwise pass and
+#          one row max, then one count: exactly k entries must reach the k-th value.
+# columns  two levels, for large arrays (below).
+#
+# When some row ties at the k-th value (or holds a NaN) the whole call takes lax.top_k, so the
+# selected set is always top_k's, ties to the lowest index included. Which path runs is
+# chosen from the array's size by `_selection_path`, with costs measured on this project's
+# CPU (1 thread; experiments/bench_topk.py, results in experiments/results/perf_losses/
+# topk_paths.md): the rounds cost about 10 us per round plus 0.4 ns per entry per round, and
+# from 128K entries on, the columns beat both.
+COLUMNS_MIN_ENTRIES = 131072
+
+
+def _selection_path(rows, num_classes, k):
+  """"top_k", "rounds" or "columns": the cheapest exact top-k selection of `[rows, C]` on
+  this backend (the alternatives are measured and used on CPU only)."""
+  if jax.default_backend() != "cpu" or k >= num_classes:
+    return "top_k"
+  entries = rows * num_classes
+  if entries >= COLUMNS_MIN_ENTRIES and _column_count(num_classes, k) is not None:
+    return "columns"
+  rounds_us = k * (10.0 + 0.0004 * entries)
+  top_k_us = rows * (0.6 + 0.003 * num_classes)
+  return "rounds" if rounds_us < top_k_us else "top_k"
 
 
 def _distinct_top_values(x, m):
@@ -170,15 +189,90 @@ def _distinct_top_values(x, m):
   return values
 
 
-def top_k_sets(x, ks):
+# The columns: view each row as S "columns" of W classes, class c in column
+# c mod W, and take each column's maximum (the only pass over [..., C]). The k largest entries
+# lie in the k columns with the largest maxima (a column holding one of them has a maximum at
+# least that large, and fewer than k columns can beat it), so the rounds run on the W column
+# maxima, then on the S * k entries of the k winning columns (one gather). Checks as for the
+# rounds, plus: exactly k columns reach the k-th column maximum.
+COLUMN_WIDTH = 50  # W at least: the rounds and column picks cost per column, the gather per S
+
+
+def _column_count(num_classes, k_max):
+  """S of the two-level selection for `C = num_classes`, or None when it would not shrink
+  the rows (S * k above C / 2)."""
+  width = max(COLUMN_WIDTH, math.isqrt(num_classes))
+  num_columns = -(-num_classes // width)
+  return num_columns if num_columns * k_max <= num_classes // 2 else None
+
+
+def _top_values_by_columns(x, k, num_columns):
+  """`(values, clean)`: the k largest distinct values of each row of `x [..., C]` (a list of
+  k `[...]` arrays, descending) found in two levels, and a bool telling that every row has
+  exactly k entries >= its k-th value and they are these values (else the values are not to
+  be used)."""
+  num_classes = x.shape[-1]
+  width = -(-num_classes // num_columns)
+  pad = num_columns * width - num_classes
+  if pad:
+    x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, pad)], constant_values=-jnp.inf)
+  grid = x.reshape(*x.shape[:-1], num_columns, width)   # grid[..., s, w] = x[..., s W + w]
+  # A chain of maximum (XLA's loop fusion) rather than a max reduction: the YNNPACK one drops
+  # NaNs, which the checks below must see.
+  column_max = functools.reduce(jnp.maximum, [grid[..., s, :] for s in range(num_columns)])
+  best = _distinct_top_values(column_max, k)
+  # The column of each of the k best maxima (one each once the check below holds).
+  index = jax.lax.broadcasted_iota(jnp.float32, column_max.shape, column_max.ndim - 1)
+  columns = jnp.stack([jnp.max(jnp.where(column_max == v[..., None], index, 0.0), axis=-1)
+                       for v in best], axis=-1).astype(jnp.int32)          # [..., k]
+  picked = jnp.take_along_axis(
+      grid, jnp.broadcast_to(columns[..., None, :], (*grid.shape[:-1], k)), axis=-1)
+  candidates = picked.reshape(*x.shape[:-1], num_columns * k)
+  values = _distinct_top_values(candidates, k)
+  return values, _all_clean(values, _count_reaching(column_max, best[-1]) == k,
+                            _count_reaching(candidates, values[-1]) == k)
+
+
+def _top_values_by_rounds(x, k):
+  """`(values, clean)` as `_top_values_by_columns`, from k rounds over the whole rows.
+
+  Strictly decreasing values (each an entry of x) and exactly k entries >= the last: the k
+  largest entries are these values, once each, and each top-k' set (k' <= k) is the k'
+  entries >= the k'-th. Rows with a tie, a NaN (it fails the count) or a flushed denormal
+  fail the check.
+  """
+  values = _distinct_top_values(x, k)
+  return values, _all_clean(values, _count_reaching(x, values[-1]) == k)
+
+
+def _all_clean(values, *row_checks):
+  """True when every row passes `row_checks` and its `values` strictly decrease."""
+  clean = functools.reduce(jnp.logical_and, row_checks)
+  for above, below in itertools.pairwise(values):
+    clean = clean & (above > below)
+  return jnp.all(clean)
+
+
+def _count_reaching(x, t):
+  """Entries of each row of `x` that are >= t (a NaN counts more than the row holds)."""
+  size = x.shape[-1]
+  reach = jnp.where(x >= t[..., None], 1.0, jnp.where(jnp.isnan(x), size + 1.0, 0.0))
+  return jnp.sum(reach, axis=-1)
+
+
+def top_k_sets(x, ks, path="auto"):
   """Which entries `jax.lax.top_k(x, k)` selects (ties: lowest index first), for each k of
-  `ks` (each in `[1, C]`), without its sort; float32 `x [..., C]`.
+  `ks` (each in `[1, C]`), without its sort where a faster exact path exists; float32
+  `x [..., C]`. `path`: "auto" (`_selection_path`), or "top_k", "rounds", "columns" (tests,
+  benchmarks).
 
   Returns `(values, sets)`: `values [..., max(ks)]` the largest entries, descending (as
   top_k's), and per k a pair `(t, cut)` of `[...]` arrays: the selected entries are
   `in_top_set(x, t, cut)`, i.e. `(x > t) | ((x == t) & (index <= cut))`.
   """
   num_classes, k_max = x.shape[-1], max(ks)
+  if path == "auto":
+    path = _selection_path(math.prod(x.shape[:-1]), num_classes, k_max)
 
   def from_top_k():
     values, index = jax.lax.top_k(x, k_max)
@@ -192,19 +286,17 @@ def top_k_sets(x, ks):
       sets.append((t, jnp.max(jnp.where(tied, index[..., :k], -1), axis=-1)))
     return values, sets
 
-  if k_max >= num_classes or k_max * num_classes > ROUNDS_MAX_WORK:
+  if path == "top_k" or k_max >= num_classes:
     return from_top_k()
-  distinct = _distinct_top_values(x, k_max)
-  # Strictly decreasing values (each an entry of x) and exactly k_max entries >= the last:
-  # the k_max largest entries are these values, once each, and each top-k set is the k
-  # entries >= the k-th. Rows with a tie, a NaN (it fails the count) or a flushed denormal
-  # fail the check.
-  reach = jnp.where(x >= distinct[-1][..., None], 1.0,
-                    jnp.where(jnp.isnan(x), num_classes + 1.0, 0.0))
-  clean = jnp.sum(reach, axis=-1) == k_max
-  for above, below in itertools.pairwise(distinct):
-    clean = clean & (above > below)
-  clean = jnp.all(clean)
+  if path == "rounds":
+    distinct, clean = _top_values_by_rounds(x, k_max)
+  elif path == "columns":
+    num_columns = _column_count(num_classes, k_max)
+    if num_columns is None:
+      raise ValueError(f"path='columns' needs S * k <= C / 2; C={num_classes}, k={k_max}")
+    distinct, clean = _top_values_by_columns(x, k_max, num_columns)
+  else:
+    raise ValueError(f"path={path!r}: must be 'auto', 'top_k', 'rounds' or 'columns'")
 
   def from_distinct():
     # (Like the values: under shard_map the cond's two branches must vary alike.)

@@ -1,4 +1,5 @@
-"""Losses and targets inside `jax.pmap` and `shard_map` over 4 devices.
+"""Losses, targets and the top-k selection paths inside `jax.pmap` and `shard_map` over 4
+devices.
 
 The device count of the CPU backend is fixed when jax starts, so the 4 forced host devices
 (XLA_FLAGS=--xla_force_host_platform_device_count=4) live in a child process; one child runs
@@ -20,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import shard_map
 from jax.sharding import Mesh, PartitionSpec as P
-from kd_jax import losses, targets
+from kd_jax import _loss_kernels as kernels, losses, targets
 
 assert jax.device_count() == 4, jax.devices()
 T = 4.0
@@ -49,6 +50,10 @@ def everything(zs, zt, y, q, s, y_bad):
       bad_cross_entropy=losses.cross_entropy(zs, y_bad),
       bad_dkd=losses.dkd(zs, zt, y_bad, 1.0, 8.0, T),
       bad_revise=targets.revise(q, y_bad, 0.8), bad_sim=targets.sim(y_bad, s, 0.5))
+  # At these sizes "auto" takes lax.top_k; the faster paths (and their lax.cond) on their own:
+  for path in ("rounds", "columns"):
+    top, (pair,) = kernels.top_k_sets(q, (3,), path)
+    values[f"top3_{path}"] = jnp.where(kernels.in_top_set(q, *pair), q, -top[..., -1:])
   return values
 
 
@@ -103,7 +108,7 @@ def test_pmap_and_shard_map_match_single_device():
   assert proc.returncode == 0, proc.stderr[-4000:]
   line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
   diffs = json.loads(line[len("RESULT "):])
-  assert len(diffs) == 19
+  assert len(diffs) == 21
   for name, (pmap_diff, shard_map_diff) in diffs.items():
     # Same per-example arithmetic on every device: equal up to float32 rounding.
     assert pmap_diff <= 1e-6, (name, "pmap", pmap_diff)
