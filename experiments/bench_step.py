@@ -25,6 +25,11 @@ inputs (32x32x3, 100 classes); the same batch every step.
                  trainer's teacher-output cache (`kd_jax.train.teacher_cache.lookup`) on a
                  float16 table [--cache-examples, C] indexed by the batch's example indices
                  (what a sweep's later runs do; the live step is the first run's cost).
+  kd_jax trainer cached  (`--teacher-outputs ...,trainer`) the trainer's own step,
+                 `kd_jax.train.step.train_step` with its teacher slot reading that table,
+                 jitted as `kd_jax.train.loop` jits it (state replicated on the device mesh,
+                 batch sharded, state donated): the per-method diagnostics and metrics
+                 included, i.e. what a sweep's later runs execute per step.
   torch          the same networks (`tests/torch_reference.py`, RepDistiller's layer names),
                  RepDistiller's DistillKL, `torch.optim.SGD`, eager.
   torch.compile  `torch.compile` of the forward + objective (backward through AOTAutograd,
@@ -71,12 +76,15 @@ from torch.nn import functional as F
 
 from kd_jax import methods, models
 from kd_jax.train import parallel, teacher_cache
+from kd_jax.train import state as state_lib
+from kd_jax.train import step as step_lib
 from tests import torch_reference
 
 NUM_CLASSES = 100
 IMAGE_SHAPE = (32, 32, 3)
 TEMPERATURE, CE_WEIGHT, KD_WEIGHT = 4.0, 0.1, 0.9
 LR, MOMENTUM, WEIGHT_DECAY = 0.05, 0.9, 5e-4
+STEPS_PER_EPOCH = 782  # CIFAR at batch 64; only the warm-up ramps read it (kd has none)
 
 
 def kd_method_config():
@@ -120,6 +128,25 @@ def make_jax_step(teacher_fn, student, tx, method_config):
     return dict(params=params, batch_stats=batch_stats, opt_state=opt_state), loss
 
   return train_step
+
+
+def trainer_cached_step(student, tx, student_vars, table, images, labels, index):
+  """`(step, state, batch)`: the trainer's train step on a cached-teacher state, built and
+  jitted as `kd_jax.train.loop` builds it, starting from `student_vars`."""
+  mesh = parallel.make_mesh()
+  state = state_lib.create_train_state(student, tx, jax.random.PRNGKey(0), IMAGE_SHAPE,
+                                       teacher_fn=teacher_cache.lookup,
+                                       teacher_variables=table)
+  # Host copies: the other steps donate (delete) the arrays they were given.
+  student_vars = jax.tree.map(np.array, student_vars)
+  state = state.replace(params=student_vars["params"], batch_stats=student_vars["batch_stats"],
+                        opt_state=tx.init(student_vars["params"]))
+  batch = dict(image=images, label=labels, index=index, mask=np.ones(len(labels), bool))
+  replicated = parallel.replicated(mesh)
+  step = jax.jit(functools.partial(step_lib.train_step, method=kd_method_config(),
+                                   steps_per_epoch=STEPS_PER_EPOCH),
+                 donate_argnums=0, out_shardings=(replicated, replicated))
+  return step, parallel.replicate(state, mesh), parallel.shard_batch(batch, mesh)
 
 
 def sgd():
@@ -202,9 +229,14 @@ def run_case(teacher_name, student_name, batch, args, torch_device) -> dict:
   # rows hold the live teacher's logits (float16, as the cache stores them).
   index = rng.choice(args.cache_examples, batch, replace=False).astype(np.int32)
   cached = "cache" in args.teacher_outputs.split(",")
-  if cached:
+  trainer = "trainer" in args.teacher_outputs.split(",")
+  if cached or trainer:
     table = rng.normal(size=(args.cache_examples, NUM_CLASSES)).astype(np.float16)
     table[index] = np.asarray(jax.jit(teacher.apply)(teacher_vars, images)).astype(np.float16)
+  if trainer:
+    trainer_step, trainer_state, trainer_batch = trainer_cached_step(
+        student, tx, student_vars, table, images, labels, index)
+  if cached:
     cached_step = jax.jit(make_jax_step(cached_teacher, student, tx, kd_method_config()),
                           donate_argnums=0)
     # Its own copy of the initial state: each step donates (deletes) the state it is given.
@@ -235,7 +267,7 @@ def run_case(teacher_name, student_name, batch, args, torch_device) -> dict:
   # Agreement: the first two steps' losses (the second checks the update too).
   jax_losses, torch_losses = [], []
   start = time.perf_counter()
-  cached_losses = []
+  cached_losses, trainer_losses = [], []
   for i in range(2):
     state, loss = step(state, teacher_vars, x, y, idx)
     jax_losses.append(float(loss))
@@ -244,13 +276,23 @@ def run_case(teacher_name, student_name, batch, args, torch_device) -> dict:
     if cached:
       cached_state, loss = cached_step(cached_state, table, x, y, idx)
       cached_losses.append(float(loss))
+    if trainer:
+      trainer_state, metrics = trainer_step(trainer_state, trainer_batch)
+      trainer_losses.append(float(metrics["loss"]))
     torch_losses.append(float(eager(x_t, y_t).detach()))
   tolerance = 1e-3 if args.dtype == "float32" and torch_device == "cpu" else 3e-2
-  errors = [abs(j - t) / abs(t) for j, t in zip(jax_losses, torch_losses)]
+
+  def relative_errors(losses):
+    return [abs(j - t) / abs(t) for j, t in zip(losses, torch_losses)]
+
+  errors = relative_errors(jax_losses)
+  cached_errors, trainer_errors = relative_errors(cached_losses), relative_errors(trainer_losses)
   agree = bool(all(e <= tolerance for e in errors) and np.all(np.isfinite(jax_losses)))
-  cached_errors = [abs(j - t) / abs(t) for j, t in zip(cached_losses, torch_losses)]
-  agree = agree and bool(all(e <= tolerance + 2e-3 for e in cached_errors)
-                         and np.all(np.isfinite(cached_losses)))
+  # The looked-up steps read float16 logits: 2e-3 more.
+  for looked_up, looked_up_errors in ((cached_losses, cached_errors),
+                                      (trainer_losses, trainer_errors)):
+    agree = agree and bool(all(e <= tolerance + 2e-3 for e in looked_up_errors)
+                           and np.all(np.isfinite(looked_up)))
 
   implementations = {"kd_jax": None, "torch": eager}
   compile_status = "off"
@@ -292,10 +334,24 @@ def run_case(teacher_name, student_name, batch, args, torch_device) -> dict:
       return args.steps * batch / (time.perf_counter() - start)
     return timed
 
+  def trainer_timer():
+    carried["kd_jax trainer cached"] = trainer_state
+
+    def timed():
+      start = time.perf_counter()
+      for _ in range(args.steps):
+        carried["kd_jax trainer cached"], metrics = trainer_step(
+            carried["kd_jax trainer cached"], trainer_batch)
+      jax.block_until_ready((carried["kd_jax trainer cached"], metrics))
+      return args.steps * batch / (time.perf_counter() - start)
+    return timed
+
   # Already warm: the agreement steps ran kd_jax and torch eager twice, torch.compile once.
   blocks = {"kd_jax": jax_timer("kd_jax", step, state, teacher_vars)}
   if cached:
     blocks["kd_jax cached"] = jax_timer("kd_jax cached", cached_step, cached_state, table)
+  if trainer:
+    blocks["kd_jax trainer cached"] = trainer_timer()
   blocks.update({name: torch_block(run) for name, run in implementations.items() if run})
   rounds = common.alternate(blocks, args.rounds)
   rate = {name: common.median(values) for name, values in rounds.items()}
@@ -316,6 +372,13 @@ def run_case(teacher_name, student_name, batch, args, torch_device) -> dict:
                 jax_cached_cache_size=cached_step._cache_size() if cached else None,
                 cached_losses=cached_losses,
                 cached_loss_rel_err=[float(f"{e:.2e}") for e in cached_errors],
+                jax_trainer_cached_images_per_s=(round(rate["kd_jax trainer cached"], 1)
+                                                 if trainer else None),
+                jax_trainer_cached_over_torch=(
+                    round(rate["kd_jax trainer cached"] / rate["torch"], 2) if trainer else None),
+                jax_trainer_cached_cache_size=trainer_step._cache_size() if trainer else None,
+                trainer_losses=trainer_losses,
+                trainer_loss_rel_err=[float(f"{e:.2e}") for e in trainer_errors],
                 torch_compile=compile_status,
                 torch_compile_images_per_s=(round(rate["torch.compile"], 1)
                                             if "torch.compile" in rate else None),
@@ -349,8 +412,9 @@ def main(argv=None):
   parser.add_argument("--torch-compile-timeout", type=float, default=900,
                       help="seconds allowed for torch.compile's first step, else 'failed'")
   parser.add_argument("--teacher-outputs", default="live,cache",
-                      help="'live' (the forward pass; always timed) or 'live,cache' (also the "
-                      "step with the teacher's logits looked up from a table)")
+                      help="'live' (the forward pass; always timed), plus 'cache' (the step "
+                      "with the teacher's logits looked up from a table) and/or 'trainer' (the "
+                      "trainer's own step on that table)")
   parser.add_argument("--cache-examples", type=int, default=50_000,
                       help="rows of the cached-teacher table (CIFAR's training set: 50000)")
   parser.add_argument("--host-devices", type=int, default=1,
@@ -372,7 +436,7 @@ def main(argv=None):
                        f"{args.host_devices}")
   if args.quick:
     args.pairs, args.batch_sizes, args.steps, args.rounds = "resnet8:resnet8", "4", 2, 2
-    args.cache_examples = 64
+    args.cache_examples, args.teacher_outputs = 64, "live,cache,trainer"
   if args.torch_compile is None:
     args.torch_compile = "off" if args.quick else "on"
   # CPU XLA cannot always reuse donated buffers; the warning says nothing about speed here.
@@ -395,7 +459,8 @@ def main(argv=None):
 
   rows = [[r["pair"], r["batch"], r["dtype"], r["jax_images_per_s"], r["torch_images_per_s"],
            ratio(r["jax_over_torch"]), r["jax_cached_images_per_s"] or "-",
-           ratio(r["jax_cached_over_torch"]),
+           ratio(r["jax_cached_over_torch"]), r["jax_trainer_cached_images_per_s"] or "-",
+           ratio(r["jax_trainer_cached_over_torch"]),
            r["torch_compile_images_per_s"] or r["torch_compile"],
            ratio(r["jax_over_torch_compile"]),
            f"{r['jax_trace_lower_s']:.1f} + {r['jax_compile_s']:.1f}", r["jax_cache_size"],
@@ -408,7 +473,8 @@ def main(argv=None):
         f"images/s of {args.rounds} alternating rounds of {args.steps} steps")
   print(common.markdown_table(
       ["teacher->student", "B", "dtype", "kd_jax img/s", "torch img/s", "kd_jax/torch",
-       "kd_jax cached-teacher img/s", "cached/torch",
+       "kd_jax cached-teacher img/s", "cached/torch", "trainer step, cached img/s",
+       "trainer cached/torch",
        "torch.compile img/s", "kd_jax/compile", "jax trace+compile s", "jit cache",
        "GFLOP/step (XLA)", "kd_jax GFLOP/s", "torch GFLOP/s", "agree"], rows))
   failed = [r["pair"] + f"@{r['batch']}" for r in records if not r["agree"]]

@@ -3,7 +3,8 @@
 The scripts run concurrently in subprocesses (each is mostly single-threaded compilation at
 these sizes); every JSON line must parse, every case must report that kd_jax and torch
 agree, the step benchmark must compile its step once (also with its batch sharded over two
-CPU devices), and the convolution profile must find every convolution of the network.
+CPU devices), the convolution profile must find every convolution of the network, and every
+top-k selection path must return lax.top_k's values.
 """
 
 import json
@@ -31,7 +32,8 @@ def test_bench_scripts_quick():
   runs = {"bench_losses.py": ("bench_losses.py", "--device", "cpu"),
           "bench_step.py": ("bench_step.py", "--device", "cpu"),
           "bench_step.py sharded": ("bench_step.py", "--host-devices", "2"),
-          "bench_convs.py": ("bench_convs.py", "--device", "cpu")}
+          "bench_convs.py": ("bench_convs.py", "--device", "cpu"),
+          "bench_topk.py": ("bench_topk.py", "--device", "cpu")}
   processes = {
       name: subprocess.Popen([sys.executable, str(ROOT / "experiments" / script), "--quick",
                               *flags],
@@ -62,6 +64,8 @@ def test_bench_scripts_quick():
       assert r["agree"], r
       assert r["jax_devices"] == devices
       assert r["jax_cache_size"] == 1 and r["jax_cached_cache_size"] == 1
+      assert r["jax_trainer_cached_cache_size"] == 1  # the trainer's own step, too
+      assert r["jax_trainer_cached_images_per_s"] > 0 and len(r["trainer_losses"]) == 2
       assert r["jax_images_per_s"] > 0 and r["torch_images_per_s"] > 0
       assert r["flops_per_step"] > 0
   # Sharded, XLA reports the per-device program; the benchmark counts every device's share.
@@ -77,3 +81,10 @@ def test_bench_scripts_quick():
   for r in convolutions:
     assert all(r[f"{impl}_{part}_ms"] > 0 for impl in ("kd_jax", "torch")
                for part in ("fwd", "dx", "dw")), r
+
+  selections = [r for r in outputs["bench_topk.py"] if r["kind"] == "topk"]
+  assert [(r["C"], r["k"]) for r in selections] == [(60, 4), (500, 6)]
+  for r in selections:
+    assert set(r["agree"]) == {"top_k", "rounds", "columns"}, r
+    assert all(r["agree"].values()) and all(r["check_passed"].values()), r
+    assert r["chosen"] in r["agree"] and r["top_k_us"] > 0
