@@ -89,6 +89,14 @@ def setup(device: str, threads: int | None = None):
   return backend, torch_device, threads
 
 
+def start(args):
+  """`setup(args.device, args.threads)`, then the environment's JSON line (`environment`);
+  returns setup's (jax_backend, torch_device, threads)."""
+  backend, torch_device, threads = setup(args.device, args.threads)
+  emit(environment(backend, torch_device, threads))
+  return backend, torch_device, threads
+
+
 def torch_sync(torch_device: str) -> None:
   if torch_device == "cuda":
     torch.cuda.synchronize()
@@ -120,6 +128,19 @@ def calibrate(fn: Callable[[], object], min_block_s: float, max_reps: int = 10_0
   fn()
   once = max(time.perf_counter() - start, 1e-7)
   return int(min(max_reps, max(1, round(min_block_s / once))))
+
+
+def per_call_us(call: Callable[[], object], min_block_s: float):
+  """`(block, reps)`: a block for `alternate` timing `reps` calls of `call` (which must wait
+  for its own result) and returning microseconds per call; `reps` fills `min_block_s`."""
+  reps = calibrate(call, min_block_s)
+
+  def block():
+    start_time = time.perf_counter()
+    for _ in range(reps):
+      call()
+    return (time.perf_counter() - start_time) / reps * 1e6
+  return block, reps
 
 
 def alternate(blocks: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:

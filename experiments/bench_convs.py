@@ -230,8 +230,7 @@ def main(argv=None):
   args = parser.parse_args(argv)
   if args.quick:
     args.models, args.batch, args.rounds, args.block_s = "resnet8", 2, 1, 0.0
-  backend, torch_device, threads = common.setup(args.device, args.threads)
-  common.emit(common.environment(backend, torch_device, threads))
+  _, torch_device, _ = common.start(args)
   for name in args.models.split(","):
     print_table(profile_model(name, args, torch_device))
   return 0

@@ -246,17 +246,9 @@ def run_case(name: str, num_classes: int, batch: int, args, torch_device: str) -
   calls = {}
   for label, call in (("jax", jax_call), ("torch", torch_call)):
     call()  # warm (allocator, caches)
-    calls[label] = (call, common.calibrate(call, args.block_s))
+    calls[label] = common.per_call_us(call, args.block_s)
 
-  def block(call, reps):
-    def timed():
-      start = time.perf_counter()
-      for _ in range(reps):
-        call()
-      return (time.perf_counter() - start) / reps * 1e6
-    return timed
-
-  rounds = common.alternate({label: block(*calls[label]) for label in calls}, args.rounds)
+  rounds = common.alternate({label: block for label, (block, _) in calls.items()}, args.rounds)
   jax_us, torch_us = common.median(rounds["jax"]), common.median(rounds["torch"])
   speedup = common.median([t / j for j, t in zip(rounds["jax"], rounds["torch"])])
   best_speedup = min(rounds["torch"]) / min(rounds["jax"])
@@ -288,8 +280,7 @@ def main(argv=None):
   if args.quick:
     args.classes, args.batch, args.rounds, args.block_s = "10", 32, 2, 0.002
 
-  backend, torch_device, threads = common.setup(args.device, args.threads)
-  common.emit(common.environment(backend, torch_device, threads))
+  backend, torch_device, threads = common.start(args)
   records = []
   for num_classes in (int(c) for c in args.classes.split(",")):
     for name in method_names(args.methods):

@@ -442,10 +442,9 @@ def main(argv=None):
   # CPU XLA cannot always reuse donated buffers; the warning says nothing about speed here.
   warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
 
-  backend, torch_device, threads = common.setup(args.device, args.threads)
+  backend, torch_device, threads = common.start(args)
   if torch_device == "cuda":
     torch.backends.cudnn.benchmark = True
-  common.emit(common.environment(backend, torch_device, threads))
   records = []
   for pair in args.pairs.split(","):
     teacher_name, student_name = pair.split(":")

@@ -21,7 +21,6 @@ per-round ratios top_k / path.
 """
 
 import argparse
-import time
 
 import bench_common as common
 import jax
@@ -69,16 +68,7 @@ def run_case(num_classes: int, k: int, args) -> dict:
     agree[name] = bool(np.array_equal(np.asarray(values), reference))
     clean[name] = bool(passed)
 
-  def block(fn, reps):
-    def timed():
-      start = time.perf_counter()
-      for _ in range(reps):
-        jax.block_until_ready(fn(x))
-      return (time.perf_counter() - start) / reps * 1e6
-    return timed
-
-  blocks = {name: block(fn, common.calibrate(lambda fn=fn: jax.block_until_ready(fn(x)),
-                                               args.block_s))
+  blocks = {name: common.per_call_us(lambda fn=fn: jax.block_until_ready(fn(x)), args.block_s)[0]
             for name, fn in fns.items()}
   rounds = common.alternate(blocks, args.rounds)
   record = dict(kind="topk", C=num_classes, k=k, B=args.batch,
@@ -103,8 +93,7 @@ def main(argv=None):
   if args.quick:
     args.cases, args.batch, args.rounds, args.block_s = "60:4,500:6", 16, 2, 0.002
 
-  backend, torch_device, threads = common.setup(args.device, args.threads)
-  common.emit(common.environment(backend, torch_device, threads))
+  backend, _, threads = common.start(args)
   records = []
   for case in args.cases.split(","):
     num_classes, k = (int(v) for v in case.split(":"))
