@@ -42,10 +42,10 @@ def paths(num_classes: int, k: int) -> dict:
     return jnp.stack(values, -1), clean
 
   found = {"top_k": top_k, "rounds": rounds}
-  num_columns = kernels._column_count(num_classes, k)
-  if num_columns is not None:
+  height = kernels._column_height(num_classes, k)
+  if height is not None:
     def columns(x):
-      values, clean = kernels._top_values_by_columns(x, k, num_columns)
+      values, clean = kernels._top_values_by_columns(x, k, height)
       return jnp.stack(values, -1), clean
     found["columns"] = columns
   return {name: jax.jit(fn) for name, fn in found.items()}

@@ -168,7 +168,7 @@ def _selection_path(rows, num_classes, k):
   if jax.default_backend() != "cpu" or k >= num_classes:
     return "top_k"
   entries = rows * num_classes
-  if entries >= COLUMNS_MIN_ENTRIES and _column_count(num_classes, k) is not None:
+  if entries >= COLUMNS_MIN_ENTRIES and _column_height(num_classes, k) is not None:
     return "columns"
   rounds_us = k * (10.0 + 0.0004 * entries)
   top_k_us = rows * (0.6 + 0.003 * num_classes)
@@ -189,37 +189,38 @@ def _distinct_top_values(x, m):
   return values
 
 
-# The columns: view each row as S "columns" of W classes, class c in column
-# c mod W, and take each column's maximum (the only pass over [..., C]). The k largest entries
-# lie in the k columns with the largest maxima (a column holding one of them has a maximum at
-# least that large, and fewer than k columns can beat it), so the rounds run on the W column
-# maxima, then on the S * k entries of the k winning columns (one gather). Checks as for the
-# rounds, plus: exactly k columns reach the k-th column maximum.
-COLUMN_WIDTH = 50  # W at least: the rounds and column picks cost per column, the gather per S
+# The columns: lay each row out as a grid of S rows and W >= 50 columns, class c in column
+# c mod W (S = C / W classes per column), and take each column's maximum (the only pass over
+# [..., C]). The k largest entries lie in the k columns with the largest maxima (a column
+# holding one of them has a maximum at least that large, and fewer than k columns can beat
+# it), so the rounds run on the W column maxima, then on the S * k entries of the k winning
+# columns (one gather). Checks as for the rounds, plus: exactly k columns reach the k-th
+# column maximum.
+MIN_COLUMNS = 50  # W at least: the rounds and column picks cost per column, the gather per S
 
 
-def _column_count(num_classes, k_max):
-  """S of the two-level selection for `C = num_classes`, or None when it would not shrink
-  the rows (S * k above C / 2)."""
-  width = max(COLUMN_WIDTH, math.isqrt(num_classes))
-  num_columns = -(-num_classes // width)
-  return num_columns if num_columns * k_max <= num_classes // 2 else None
+def _column_height(num_classes, k_max):
+  """S, the classes per column of the two-level selection for `C = num_classes`, or None
+  when the k winning columns would not shrink the rows (S * k above C / 2)."""
+  num_columns = max(MIN_COLUMNS, math.isqrt(num_classes))
+  height = -(-num_classes // num_columns)
+  return height if height * k_max <= num_classes // 2 else None
 
 
-def _top_values_by_columns(x, k, num_columns):
+def _top_values_by_columns(x, k, height):
   """`(values, clean)`: the k largest distinct values of each row of `x [..., C]` (a list of
-  k `[...]` arrays, descending) found in two levels, and a bool telling that every row has
-  exactly k entries >= its k-th value and they are these values (else the values are not to
-  be used)."""
+  k `[...]` arrays, descending) found in two levels with `height` classes per column, and a
+  bool telling that every row has exactly k entries >= its k-th value and they are these
+  values (else the values are not to be used)."""
   num_classes = x.shape[-1]
-  width = -(-num_classes // num_columns)
-  pad = num_columns * width - num_classes
+  num_columns = -(-num_classes // height)
+  pad = height * num_columns - num_classes
   if pad:
     x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, pad)], constant_values=-jnp.inf)
-  grid = x.reshape(*x.shape[:-1], num_columns, width)   # grid[..., s, w] = x[..., s W + w]
+  grid = x.reshape(*x.shape[:-1], height, num_columns)   # grid[..., s, w] = x[..., s W + w]
   # A chain of maximum (XLA's loop fusion) rather than a max reduction: the YNNPACK one drops
   # NaNs, which the checks below must see.
-  column_max = functools.reduce(jnp.maximum, [grid[..., s, :] for s in range(num_columns)])
+  column_max = functools.reduce(jnp.maximum, [grid[..., s, :] for s in range(height)])
   best = _distinct_top_values(column_max, k)
   # The column of each of the k best maxima (one each once the check below holds).
   index = jax.lax.broadcasted_iota(jnp.float32, column_max.shape, column_max.ndim - 1)
@@ -227,7 +228,7 @@ def _top_values_by_columns(x, k, num_columns):
                        for v in best], axis=-1).astype(jnp.int32)          # [..., k]
   picked = jnp.take_along_axis(
       grid, jnp.broadcast_to(columns[..., None, :], (*grid.shape[:-1], k)), axis=-1)
-  candidates = picked.reshape(*x.shape[:-1], num_columns * k)
+  candidates = picked.reshape(*x.shape[:-1], height * k)
   values = _distinct_top_values(candidates, k)
   return values, _all_clean(values, _count_reaching(column_max, best[-1]) == k,
                             _count_reaching(candidates, values[-1]) == k)
@@ -291,10 +292,10 @@ def top_k_sets(x, ks, path="auto"):
   if path == "rounds":
     distinct, clean = _top_values_by_rounds(x, k_max)
   elif path == "columns":
-    num_columns = _column_count(num_classes, k_max)
-    if num_columns is None:
+    height = _column_height(num_classes, k_max)
+    if height is None:
       raise ValueError(f"path='columns' needs S * k <= C / 2; C={num_classes}, k={k_max}")
-    distinct, clean = _top_values_by_columns(x, k_max, num_columns)
+    distinct, clean = _top_values_by_columns(x, k_max, height)
   else:
     raise ValueError(f"path={path!r}: must be 'auto', 'top_k', 'rounds' or 'columns'")
 

@@ -44,7 +44,7 @@ def test_top_k_sets_select_what_lax_top_k_selects(c, tied):
 
   for ks in k_sets:
     paths = ["auto", "top_k", "rounds"]
-    if kernels._column_count(c, max(ks)) is not None:
+    if kernels._column_height(c, max(ks)) is not None:
       paths.append("columns")
     for path in paths:
       values, masks = sets(x, ks, path)
@@ -94,9 +94,9 @@ def _column_rows(c, width):
 def test_top_k_sets_by_columns_match_lax_top_k(c):
   """The two-level path: same values and set as lax.top_k on rows built to break it; its
   check passes on the clean rows and refuses the others."""
-  num_columns = kernels._column_count(c, 6)
-  assert num_columns is not None
-  width = -(-c // num_columns)
+  height = kernels._column_height(c, 6)
+  assert height is not None
+  width = -(-c // height)  # W columns: class c in column c mod W
   x = _column_rows(c, width)
   for ks in [(5,), (1, 6), (8,)]:
     values, pairs = jax.jit(kernels.top_k_sets, static_argnums=(1, 2))(x, ks, "columns")
@@ -109,11 +109,11 @@ def test_top_k_sets_by_columns_match_lax_top_k(c):
       np.testing.assert_array_equal(mask[rows], ref_mask[rows], err_msg=f"k={k} of {ks}")
       np.testing.assert_array_equal(np.asarray(values)[rows, :k], np.asarray(ref_values)[rows])
   top = jax.jit(kernels._top_values_by_columns, static_argnums=(1, 2))
-  values, clean = top(x[:5], 6, num_columns)
+  values, clean = top(x[:5], 6, height)
   assert bool(clean)
   np.testing.assert_array_equal(np.stack(values, -1), np.sort(x[:5], -1)[:, ::-1][:, :6])
   for row in range(5, len(x)):  # each of the others alone fails the check
-    assert not bool(top(x[[0, row]], 6, num_columns)[1]), row
+    assert not bool(top(x[[0, row]], 6, height)[1]), row
 
 
 def _tsd_with_lax_top_k(z, num_secondary, labels=None):
