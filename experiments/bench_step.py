@@ -313,14 +313,15 @@ def run_case(teacher_name, student_name, batch, args, torch_device) -> dict:
 
   carried = {}  # the latest state of each timed jax step (donated: always pass the newest)
 
-  def jax_timer(name, jitted, initial, teacher_input):
+  def jax_timer(name, initial, run):
+    """Times `run(state) -> (state, out)`, carrying the newest (donated) state."""
     carried[name] = initial
 
     def timed():
       start = time.perf_counter()
       for _ in range(args.steps):
-        carried[name], loss = jitted(carried[name], teacher_input, x, y, idx)
-      jax.block_until_ready((carried[name], loss))
+        carried[name], out = run(carried[name])
+      jax.block_until_ready((carried[name], out))
       return args.steps * batch / (time.perf_counter() - start)
     return timed
 
@@ -334,24 +335,14 @@ def run_case(teacher_name, student_name, batch, args, torch_device) -> dict:
       return args.steps * batch / (time.perf_counter() - start)
     return timed
 
-  def trainer_timer():
-    carried["kd_jax trainer cached"] = trainer_state
-
-    def timed():
-      start = time.perf_counter()
-      for _ in range(args.steps):
-        carried["kd_jax trainer cached"], metrics = trainer_step(
-            carried["kd_jax trainer cached"], trainer_batch)
-      jax.block_until_ready((carried["kd_jax trainer cached"], metrics))
-      return args.steps * batch / (time.perf_counter() - start)
-    return timed
-
   # Already warm: the agreement steps ran kd_jax and torch eager twice, torch.compile once.
-  blocks = {"kd_jax": jax_timer("kd_jax", step, state, teacher_vars)}
+  blocks = {"kd_jax": jax_timer("kd_jax", state, lambda s: step(s, teacher_vars, x, y, idx))}
   if cached:
-    blocks["kd_jax cached"] = jax_timer("kd_jax cached", cached_step, cached_state, table)
+    blocks["kd_jax cached"] = jax_timer("kd_jax cached", cached_state,
+                                        lambda s: cached_step(s, table, x, y, idx))
   if trainer:
-    blocks["kd_jax trainer cached"] = trainer_timer()
+    blocks["kd_jax trainer cached"] = jax_timer("kd_jax trainer cached", trainer_state,
+                                                lambda s: trainer_step(s, trainer_batch))
   blocks.update({name: torch_block(run) for name, run in implementations.items() if run})
   rounds = common.alternate(blocks, args.rounds)
   rate = {name: common.median(values) for name, values in rounds.items()}
