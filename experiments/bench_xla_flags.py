@@ -31,7 +31,7 @@ SETTINGS = (
     "--xla_cpu_experimental_ynn_fusion_type=",        # no YNNPACK fusions
     "--xla_cpu_experimental_xnn_fusion_type=",        # no XNNPACK fusions
     "--xla_cpu_use_onednn=true",                       # oneDNN
-    "--xla_cpu_prefer_vector_width=512",              # AVX-512 vectors
+    "--xla_cpu_prefer_vector_width=256",              # jaxlib's default (kd_jax: 512)
     "--xla_cpu_enable_fast_math=true",                 # fast math (changes numerics)
 )
 DEFAULT_STEP_ARGS = ("--pairs wrn_40_2:wrn_16_2 --batch-sizes 64 --steps 1 --rounds 3 "

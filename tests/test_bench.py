@@ -55,6 +55,7 @@ def test_bench_scripts_quick():
   for r in cases:
     assert r["agree"], r
     assert r["jax_us"] > 0 and r["torch_us"] > 0 and r["speedup"] > 0
+    assert r["jax_floor_us"] > 0 and set(r["reps_per_round"]) == {"jax", "torch", "floor"}
     assert r["cache_size"] == 1
 
   for run, devices in (("bench_step.py", 1), ("bench_step.py sharded", 2)):

@@ -58,18 +58,21 @@ def test_two_processes_match_one(tmp_path, single_device):
 
 def test_use_cpu_xla_flags_appends_once_and_keeps_the_users_setting():
   from kd_jax.train import parallel
-  (flag,) = parallel.CPU_XLA_FLAGS
+  flags = parallel.CPU_XLA_FLAGS
+  assert len(flags) == 2
   environ = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
-  assert parallel.use_cpu_xla_flags(environ) == (flag,)
-  assert environ["XLA_FLAGS"] == f"--xla_force_host_platform_device_count=4 {flag}"
+  assert parallel.use_cpu_xla_flags(environ) == flags
+  assert environ["XLA_FLAGS"] == " ".join(["--xla_force_host_platform_device_count=4", *flags])
   assert parallel.use_cpu_xla_flags(environ) == ()  # already there: not twice
-  assert environ["XLA_FLAGS"].count(flag) == 1
+  assert all(environ["XLA_FLAGS"].count(flag) == 1 for flag in flags)
+  # A flag the user set (any value) stays; the others are still added.
   mine = {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=+individual_convolution"}
-  assert parallel.use_cpu_xla_flags(mine) == ()
-  assert mine["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=+individual_convolution"
+  assert parallel.use_cpu_xla_flags(mine) == flags[1:]
+  assert mine["XLA_FLAGS"] == ("--xla_cpu_experimental_ynn_fusion_type=+individual_convolution "
+                               + flags[1])
   empty = {}
   parallel.use_cpu_xla_flags(empty)
-  assert empty["XLA_FLAGS"] == flag
+  assert empty["XLA_FLAGS"] == " ".join(flags)
 
 
 _COUNT_YNN_CONVOLUTIONS = """
@@ -100,3 +103,39 @@ def test_cpu_xla_flags_take_convolutions_from_ynnpack(flags, in_ynnpack):
   result = subprocess.run([sys.executable, "-c", _COUNT_YNN_CONVOLUTIONS], env=environ,
                           capture_output=True, text=True, check=True)
   assert (int(result.stdout.split()[-1]) > 0) == in_ynnpack, (flags, result.stdout)
+
+
+_COMPILE_CROSS_ENTROPY = """
+import jax, jax.numpy as jnp
+from kd_jax import losses
+z, y = jnp.zeros((1024, 100)), jnp.zeros(1024, jnp.int32)  # the loss benchmark's C = 100 case
+jax.jit(jax.value_and_grad(lambda z, y: losses.cross_entropy(z, y).mean())).lower(z, y).compile()
+"""
+
+
+def _has_avx512() -> bool:
+  try:
+    with open("/proc/cpuinfo") as cpuinfo:
+      return "avx512f" in cpuinfo.read().split()
+  except OSError:
+    return False
+
+
+@pytest.mark.skipif(not _has_avx512(), reason="the vector width flag matters only with AVX-512")
+@pytest.mark.parametrize("use_kd_jax_flags", [False, True])
+def test_cpu_xla_flags_vectorise_exp_16_wide(use_kd_jax_flags, tmp_path):
+  """The vector width flag still means what CPU_XLA_FLAGS's comment says: XLA's loop emitter
+  computes cross entropy's exp pass 16 floats wide with it and 8 wide without it."""
+  import os
+  import sys
+
+  from kd_jax.train import parallel
+  environ = dict(os.environ, XLA_FLAGS=f"--xla_dump_to={tmp_path}", JAX_PLATFORMS="cpu")
+  if use_kd_jax_flags:
+    parallel.use_cpu_xla_flags(environ)
+  subprocess.run([sys.executable, "-c", _COMPILE_CROSS_ENTROPY], env=environ, check=True)
+  (kernel,) = [p for p in tmp_path.iterdir()
+               if "exponential" in p.name and p.name.endswith("ir-with-opt.ll")]
+  text = kernel.read_text()
+  wide, narrow = text.count("<16 x float>"), text.count("<8 x float>")
+  assert (wide > narrow) == use_kd_jax_flags, (kernel.name, wide, narrow)
