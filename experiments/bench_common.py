@@ -61,6 +61,16 @@ def add_machine_args(parser) -> None:
                       help="pin to this many CPUs (XLA and torch alike); default: all allowed")
 
 
+def add_timing_args(parser, rounds: int, block_s: float) -> None:
+  """`--rounds`, `--block-s`, the machine arguments and `--quick`, which the benchmarks that
+  time calibrated blocks (`per_call_us`, `alternate`) all take."""
+  parser.add_argument("--rounds", type=int, default=rounds, help="alternating rounds")
+  parser.add_argument("--block-s", type=float, default=block_s,
+                      help="seconds per timing block (calls per block are calibrated)")
+  add_machine_args(parser)
+  parser.add_argument("--quick", action="store_true", help="tiny sizes, for the smoke test")
+
+
 def setup(device: str, threads: int | None = None):
   """Resolves `device` ("auto", "cpu", "gpu") for both frameworks; sets torch's threads.
 
@@ -180,6 +190,16 @@ def deadline(seconds: float, what: str):
 
 def median(values: list[float]) -> float:
   return statistics.median(values)
+
+
+def exit_status(failed: list[str], failure: str, success: str) -> int:
+  """The benchmark's last line and exit status: `failure: <the failed cases>` and 1 when any
+  case failed its check, else `success` and 0."""
+  if failed:
+    print(f"{failure}: {', '.join(failed)}")
+    return 1
+  print(success)
+  return 0
 
 
 def markdown_table(header: list[str], rows: list[list[object]]) -> str:

@@ -222,11 +222,7 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--models", default="wrn_16_2,resnet8x4")
   parser.add_argument("--batch", type=int, default=64)
-  parser.add_argument("--rounds", type=int, default=5)
-  parser.add_argument("--block-s", type=float, default=0.2,
-                      help="seconds per timing block (calls are repeated to fill it)")
-  common.add_machine_args(parser)
-  parser.add_argument("--quick", action="store_true", help="tiny sizes, for the smoke test")
+  common.add_timing_args(parser, rounds=5, block_s=0.2)
   args = parser.parse_args(argv)
   if args.quick:
     args.models, args.batch, args.rounds, args.block_s = "resnet8", 2, 1, 0.0

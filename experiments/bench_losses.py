@@ -280,11 +280,7 @@ def main(argv=None):
   parser.add_argument("--classes", default="100,1000", help="comma-separated class counts")
   parser.add_argument("--batch", type=int, default=1024)
   parser.add_argument("--methods", default=None, help="comma-separated subset of methods")
-  parser.add_argument("--rounds", type=int, default=7)
-  parser.add_argument("--block-s", type=float, default=0.1,
-                      help="seconds per timing block (calls per block are calibrated)")
-  common.add_machine_args(parser)
-  parser.add_argument("--quick", action="store_true", help="tiny sizes, for the smoke test")
+  common.add_timing_args(parser, rounds=7, block_s=0.1)
   args = parser.parse_args(argv)
   if args.quick:
     args.classes, args.batch, args.rounds, args.block_s = "10", 32, 2, 0.002
@@ -322,11 +318,8 @@ def main(argv=None):
       print(f"C={num_classes}: {len(met)}/{len(cases)} meet >= {target}x"
             + (f"; below: {', '.join(missed)}" if missed else ""))
   disagree = [f"{r['method']}@C={r['C']}" for r in records if not r["agree"]]
-  if disagree:
-    print(f"DISAGREE (kd_jax vs torch beyond rtol {RTOL}): {', '.join(disagree)}")
-    return 1
-  print(f"all {len(records)} cases agree (rtol {RTOL})")
-  return 0
+  return common.exit_status(disagree, f"DISAGREE (kd_jax vs torch beyond rtol {RTOL})",
+                            f"all {len(records)} cases agree (rtol {RTOL})")
 
 
 if __name__ == "__main__":

@@ -468,11 +468,8 @@ def main(argv=None):
        "torch.compile img/s", "kd_jax/compile", "jax trace+compile s", "jit cache",
        "GFLOP/step (XLA)", "kd_jax GFLOP/s", "torch GFLOP/s", "agree"], rows))
   failed = [r["pair"] + f"@{r['batch']}" for r in records if not r["agree"]]
-  if failed:
-    print(f"DISAGREE (first two steps' losses): {', '.join(failed)}")
-    return 1
-  print(f"all {len(records)} cases agree (first two steps' losses)")
-  return 0
+  return common.exit_status(failed, "DISAGREE (first two steps' losses)",
+                            f"all {len(records)} cases agree (first two steps' losses)")
 
 
 if __name__ == "__main__":

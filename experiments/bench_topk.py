@@ -85,10 +85,7 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--cases", default=DEFAULT_CASES, help="comma-separated C:k pairs")
   parser.add_argument("--batch", type=int, default=1024)
-  parser.add_argument("--rounds", type=int, default=5)
-  parser.add_argument("--block-s", type=float, default=0.1)
-  common.add_machine_args(parser)
-  parser.add_argument("--quick", action="store_true", help="tiny sizes, for the smoke test")
+  common.add_timing_args(parser, rounds=5, block_s=0.1)
   args = parser.parse_args(argv)
   if args.quick:
     args.cases, args.batch, args.rounds, args.block_s = "60:4,500:6", 16, 2, 0.002
@@ -115,11 +112,9 @@ def main(argv=None):
        for r in records]))
   failed = [f"C={r['C']} k={r['k']} {name}" for r in records for name in r["agree"]
             if not (r["agree"][name] and r["check_passed"][name])]
-  if failed:
-    print(f"FAILED (values differ from lax.top_k or the check refused): {', '.join(failed)}")
-    return 1
-  print(f"all {len(records)} cases: every path equals lax.top_k and its check passed")
-  return 0
+  return common.exit_status(
+      failed, "FAILED (values differ from lax.top_k or the check refused)",
+      f"all {len(records)} cases: every path equals lax.top_k and its check passed")
 
 
 if __name__ == "__main__":
