@@ -143,7 +143,7 @@ def _teacher_log_probs_sum(teacher_logits, inv_t):
   shifted = t - jnp.max(t, axis=-1, keepdims=True)
   if not kernels.is_one(inv_t):
     shifted = shifted * inv_t
-  e = jnp.exp(shifted)
+  e = kernels.exp_nonpositive(shifted)
   total = jnp.sum(e, axis=-1, keepdims=True)
   q = e / total
   return q, jnp.sum(q * (shifted - jnp.log(total)), axis=-1)
