@@ -30,8 +30,8 @@ DATA_AXIS = "data"
 # exp((z - max) / T) pass is such a loop. 16 wide, cross entropy with its gradient at
 # [1024, 100] went from 2.3-3.1x to 2.9-3.6x PyTorch's speed and most other C = 100 losses
 # 5-30% up, and the KD step did not change (1.02-1.04x; alternating processes, README,
-# Performance). With the losses' own exp (`_loss_kernels.exp_nonpositive`) it still counts:
-# ce 2.6-2.9x at 8 wide, 3.4-4.2x at 16. A CPU without AVX-512 ignores the preference.
+# Performance). With the losses' own exp (`kd_jax._exp_kernel.exp_nonpositive`) it still
+# counts: ce 2.6-2.9x at 8 wide, 3.4-4.2x at 16. A CPU without AVX-512 ignores the preference.
 CPU_XLA_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",
                  "--xla_cpu_prefer_vector_width=512")
 # XLA aborts on a flag it does not know, so they are set only for the jaxlib they were
