@@ -18,10 +18,10 @@ from kd_jax._exp_kernel import exp_nonpositive
 # entropy, TSD, DKD). Each forward pass computes `exp((z - max z) / T)` once per logits
 # (`exp_nonpositive`, in XLA's CPU loop emitter; an exp inside its YNNPACK row reductions
 # was measured slower), reduces it, and keeps `p` for the backward pass, which is one
-# elementwise expression (no log-probabilities, no gather transpose / scatter). Differentiating the log-softmax forms
-# instead makes XLA write log p, exp(log p) and each product with a target as separate
-# `[B, C]` arrays; on a CPU those writes are what a loss costs. Values agree with the
-# log-softmax forms to float32 rounding. Measurements: experiments/results/perf_losses/.
+# elementwise expression (no log-probabilities, no gather transpose / scatter).
+# Differentiating the log-softmax forms instead makes XLA write log p, exp(log p) and each
+# product with a target as separate `[B, C]` arrays; on a CPU those writes are what a loss
+# costs. Values agree with the log-softmax forms to float32 rounding. Measurements: experiments/results/perf_losses/.
 
 
 def is_one(x):
