@@ -21,7 +21,8 @@ from kd_jax._exp_kernel import exp_nonpositive
 # elementwise expression (no log-probabilities, no gather transpose / scatter).
 # Differentiating the log-softmax forms instead makes XLA write log p, exp(log p) and each
 # product with a target as separate `[B, C]` arrays; on a CPU those writes are what a loss
-# costs. Values agree with the log-softmax forms to float32 rounding. Measurements: experiments/results/perf_losses/.
+# costs. Values agree with the log-softmax forms to float32 rounding. Measurements:
+# experiments/results/perf_losses/.
 
 
 def is_one(x):
