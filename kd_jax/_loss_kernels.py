@@ -37,8 +37,10 @@ def inv(temperature):
 
 
 def row_lse(z, inv_t):
-  """`(max_c z_c, log sum_c exp((z_c - max) / T))`, both `[..., 1]`."""
-  m = jnp.max(z, axis=-1, keepdims=True)
+  """`(max_c z_c, log sum_c exp((z_c - max) / T))`, both `[..., 1]`, the max under
+  stop_gradient: a caller's `lse(z / T) = l + max / T` must add it back with the same
+  stop_gradient, so that derivatives flow through the exp alone (`p / T` for z)."""
+  m = jax.lax.stop_gradient(jnp.max(z, axis=-1, keepdims=True))
   e = exp_nonpositive(z - m) if is_one(inv_t) else exp_nonpositive(z * inv_t - m * inv_t)
   return m, jnp.log(jnp.sum(e, axis=-1, keepdims=True))
 
@@ -328,7 +330,6 @@ def soft_xent(z, w, inv_t):
   if isinstance(inv_t, (int, float)):
     return _soft_xent_fused(z, w, inv_t)
   m, l = row_lse(z, inv_t)
-  m = jax.lax.stop_gradient(m)
   return (jnp.sum(w, axis=-1, keepdims=True) * l
           + inv_t * jnp.sum(w * (m - z), axis=-1, keepdims=True))[..., 0]
 

@@ -486,6 +486,30 @@ def test_traced_temperature():
       assert np.all(np.isnan(values)), (t, name, values)
 
 
+def test_traced_temperature_gradients_match_the_python_number_ones():
+  # The traced path is differentiated by JAX. Its row max must not carry a gradient: it
+  # once did, which put an extra -T sum(w) on each row's argmax logit.
+  d = _inputs(3, 10)
+  zt, y = d["zt"], d["y"]
+  per_example = dict(
+      kd=lambda zs, t: losses.kd(zs, zt, t),
+      kl_to_targets=lambda zs, t: losses.kl_to_targets(zs, d["q"], t),
+      dkd=lambda zs, t: losses.dkd(zs, zt, y, ALPHA, BETA, t),
+      dkd_to_targets=lambda zs, t: losses.dkd_to_targets(zs, d["qt"], y, ALPHA, BETA, t))
+  for name, loss in per_example.items():
+    def total(zs, t, loss=loss):
+      return jnp.sum(loss(zs, t))
+    want = jax.grad(total)(d["zs"], T)                        # T a Python number: the kernels
+    got = jax.jit(jax.grad(total))(d["zs"], jnp.float32(T))   # T traced: JAX's autodiff
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=name)
+  # With fixed targets, the temperature's own gradient matches central differences.
+  def kl_sum(t):
+    return jnp.sum(losses.kl_to_targets(d["zs"], d["q"], t))
+  h = 1e-2
+  fd = (float(kl_sum(T + h)) - float(kl_sum(T - h))) / (2 * h)
+  np.testing.assert_allclose(float(jax.grad(kl_sum)(jnp.float32(T))), fd, rtol=1e-3)
+
+
 def test_checkify_catches_invalid_temperature_and_labels():
   # T = -1 and label -1 used to give finite (wrong) losses that no check could catch.
   d = _inputs(3, 10)
