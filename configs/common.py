@@ -8,7 +8,7 @@ its own; reading a config imports no trainer module.
 
 A config describes a pipeline (`kd_jax.pipeline`): the stages it names (a teacher trained
 here or loaded from `teacher.checkpoint`, then a student; or `generations.num` generations),
-each trained by `kd_jax.train.train` on a stage config that `kd_jax.pipeline.stage_config`
+each trained by `kd_jax.train.train` on a stage config that `kd_jax.train.stage.stage_config`
 derives from this one: the shared fields plus the stage's `stage`, `model`, `method` and
 `num_epochs`, with `optim.learning_rate` and `optim.num_epochs` resolved.
 """

@@ -5,7 +5,7 @@ Definition (what one generation is):
 * Generations g = 0..G-1 all share one architecture (`teacher.model`; `student.model` must
   equal it). Each generation is a stage `generation_<g>` trained by `kd_jax.train.train`
   under `workdir/generation_<g>/`, from a FRESH initialisation (its own seed,
-  `loop.stage_seed(config.seed, "generation_<g>")`), with a FRESH optimizer and the FULL
+  `stage.stage_seed(config.seed, "generation_<g>")`), with a FRESH optimizer and the FULL
   learning-rate schedule (`num_epochs`). Nothing but knowledge flows from one generation to
   the next: no weights, no optimizer state.
 * Generation 0 (the patriarch) learns from the labels alone with the `teacher` block's
@@ -64,7 +64,7 @@ from kd_jax.train import workdir as workdir_lib
 LOGITS, TARGETS, PLOT = "test_logits.npy", "test_targets.npz", "generations.png"
 
 
-def role(generation: int) -> str:
+def stage_name(generation: int) -> str:
   return f"generation_{generation}"
 
 
@@ -72,32 +72,30 @@ def stage_configs(config) -> dict:
   """`generation_<g>` -> its stage config: the teacher block for g = 0 (the patriarch), the
   student block for g >= 1 with `ce_weight = lambda_g`, `kd_weight = 1 - lambda_g` when
   `generations.ce_weights` is set."""
-  out = {role(0): stage_lib.stage_config(config, "teacher")}
-  out[role(0)].stage = role(0)
+  out = {stage_name(0): stage_lib.stage_config(config, "teacher")}
+  out[stage_name(0)].stage = stage_name(0)
   weights = tuple(config.generations.ce_weights or ())
   for generation in range(1, config.generations.num):
     stage = stage_lib.stage_config(config, "student")
-    stage.stage = role(generation)
+    stage.stage = stage_name(generation)
     if weights:
       stage.method.ce_weight = float(weights[generation - 1])
       stage.method.kd_weight = 1.0 - float(weights[generation - 1])
-    out[role(generation)] = stage
+    out[stage_name(generation)] = stage
   return out
 
 
 def _save_array(path: str, write) -> None:
-  """Atomic write on the primary process (temporary file + rename), then a barrier."""
+  """`workdir.atomic_write` on the primary process, then a barrier."""
   if parallel.is_primary():
-    tmp = f"{path}.tmp.npz" if path.endswith(".npz") else f"{path}.tmp.npy"
-    write(tmp)
-    os.replace(tmp, path)
+    workdir_lib.atomic_write(path, write)
   parallel.sync(f"save_{os.path.basename(path)}")
 
 
 def test_predictions(workdir: str, generation: int, model, variables, data, mesh,
                      eval_batch_size: int) -> np.ndarray:
   """float32 `[N_test, C]` test logits of a finished generation (cached in its directory)."""
-  path = os.path.join(workdir, role(generation), LOGITS)
+  path = os.path.join(workdir, stage_name(generation), LOGITS)
   if not os.path.exists(path):
     out = eval_lib.predict(eval_lib.make_eval_fn(model), variables,
                            eval_lib.eval_loader(data.test, eval_batch_size), mesh)
@@ -116,8 +114,8 @@ def _test_targets(workdir: str) -> tuple[np.ndarray, np.ndarray | None]:
 
 def _entry(generation: int, stage, summary: dict, test: dict) -> dict:
   method = stage.method
-  entry = dict(role=role(generation), model=stage.model, method=method.name,
-               teacher=role(generation - 1) if generation else None,
+  entry = dict(stage=stage_name(generation), model=stage.model, method=method.name,
+               teacher=stage_name(generation - 1) if generation else None,
                num_epochs=stage.num_epochs, steps=summary["steps"],
                test_accuracy=test["accuracy"], test_metrics=test,
                best_val_accuracy=summary.get("best_val_accuracy"),
@@ -164,7 +162,7 @@ def run(config, workdir: str, data, mesh) -> dict:
 
 
 def _generation_step(config, stages, workdir, data, mesh, carry: Carry, generation: int):
-  name = role(generation)
+  name = stage_name(generation)
   stage = stages[name]
   stage_dir = os.path.join(workdir, name)
   result = loop.train(stage, stage_dir, teacher=carry.teacher, data=data, mesh=mesh)
@@ -178,13 +176,13 @@ def _generation_step(config, stages, workdir, data, mesh, carry: Carry, generati
   entries[name] = _entry(generation, stage, result.summary, test)
   first = int(config.generations.ensemble_first)
   if generation >= first:
-    members = [role(g) for g in range(first, generation + 1)]
+    members = [stage_name(g) for g in range(first, generation + 1)]
     member_logits = [np.load(os.path.join(workdir, m, LOGITS)) for m in members]
     ensemble = metrics.evaluate_logits(metrics.ensemble_logits(member_logits), labels,
                                        superclasses, num_secondary)
     entries[f"ensemble_{generation}"] = dict(members=members, test_accuracy=ensemble["accuracy"],
                                              test_metrics=ensemble)
-  workdir_lib.write_json(os.path.join(workdir, "summary.json"), entries)
+  workdir_lib.write_json(os.path.join(workdir, workdir_lib.SUMMARY), entries)
   if parallel.is_primary():
     plot(entries, os.path.join(workdir, PLOT))
   line = f"kd_jax: {name}: test accuracy {test['accuracy']:.4f}"

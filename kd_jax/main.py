@@ -25,7 +25,7 @@ with requires("train", "python -m kd_jax.main"):
   from absl import app, flags, logging
   from ml_collections import config_flags
 
-  from kd_jax import pipeline
+  from kd_jax import cpu_flags, pipeline
   from kd_jax.train import loop, parallel
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -51,7 +51,7 @@ def main(argv):
     dist = config.distributed
   except Exception as error:  # ml_collections defers a config file's load errors to here
     fail(f"invalid --config: {' '.join(str(error).split())[:500]}")
-  parallel.use_cpu_xla_flags()  # before JAX starts a backend
+  cpu_flags.use_cpu_xla_flags()  # before JAX starts a backend
   parallel.initialize(dist.coordinator_address, dist.num_processes, dist.process_id,
                       dist.cpu_collectives)
   try:

@@ -5,8 +5,9 @@ A config file (configs/common.py) describes a teacher and a student; `run` train
 the student (`workdir/student/`), or hands over to the generations fold
 (`kd_jax.generations`). The `precompute` stage (`stages="teacher,precompute"` or
 `"precompute"`) trains no student: it fills the teacher-output cache (`teacher_cache.dir`)
-for the student's runs, so a sweep's methods all read it (kd_jax/train/teacher_cache.py). A teacher the same process just trained is handed over in memory;
-one from an earlier process is read from its final checkpoint. Every stage resumes or skips
+for the student's runs, so a sweep's methods all read it (kd_jax/train/teacher_cache.py). A
+teacher the same process just trained is handed over in memory; one from an earlier process
+is read from its final checkpoint. Every stage resumes or skips
 on its own, so rerunning a command after a kill or after it finished is safe.
 """
 
@@ -85,13 +86,19 @@ def run(config, workdir_path: str, *, data: splits.Data | None = None) -> dict:
         trained_teacher = teacher.from_trained(result, stage_dir, stage_cfg.model, data.info,
                                                mesh)
     workdir.write_json(os.path.join(workdir_path, "config.json"), config.to_dict())
-    workdir.write_json(os.path.join(workdir_path, "summary.json"), summary)
+    workdir.write_json(os.path.join(workdir_path, workdir.SUMMARY), summary)
   return summary
 
 
 def precompute(student_config, trained_teacher, data, mesh) -> dict:
-  """Fills the teacher-output cache for `student_config`'s runs; what it wrote and read."""
-  cache = teacher_cache.precompute(student_config, trained_teacher, data, mesh)
+  """Fills the teacher-output cache for `student_config`'s runs (every epoch's views with
+  augmentation, one table without); tables already there and valid are kept. Returns what
+  it wrote and read."""
+  cache = teacher_cache.open_cache(
+      student_config, trained_teacher, stage.live_teacher_fn(student_config, trained_teacher),
+      stage.training_loader(student_config, data), mesh, data.info)
+  for epoch in range(student_config.num_epochs if cache.per_epoch else 1):
+    cache.table(epoch)
   print(f"kd_jax: precompute: teacher outputs for {student_config.num_epochs} epoch(s) in "
         f"{cache.directory}/{cache.key} ({len(cache.computed)} computed, {len(cache.read)} "
         "already there)", flush=True)
@@ -104,7 +111,7 @@ def loaded_teacher_summary(loaded: teacher.Teacher, data, mesh, config,
   """Test metrics of a teacher loaded from `teacher.checkpoint` (its source recorded); taken
   from the workdir's earlier summary.json when it holds this very teacher (same fingerprint:
   model and variables CRC32), so a rerun does not evaluate it again."""
-  earlier_path = os.path.join(workdir_path or "", "summary.json")
+  earlier_path = os.path.join(workdir_path or "", workdir.SUMMARY)
   if workdir_path and os.path.exists(earlier_path):
     earlier = workdir.read_json(earlier_path).get("teacher") or {}
     if earlier.get("trained") is False and earlier.get("fingerprint") == loaded.fingerprint:

@@ -13,7 +13,7 @@ import pytest
 import trainer_util
 
 from kd_jax import methods, pipeline, selection
-from kd_jax.train import checks, loop, selection_rounds
+from kd_jax.train import checks, selection_rounds, stage
 
 NUM_TRAIN = 576 - 64  # TINY_OVERRIDES: 576 examples, 64 held out
 
@@ -98,7 +98,7 @@ def test_random_control_exact_count_deterministic_and_saved(tmp_path):
   rounds = summary["selection"]
   assert [r["epoch"] for r in rounds] == [0, 1]
   keep = int(np.floor(0.3 * NUM_TRAIN + 0.5))
-  seed = loop.stage_seed(config.seed, "student")
+  seed = stage.stage_seed(config.seed, "student")
   expected = [selection.select(selection.random_scores(NUM_TRAIN, [seed, 0, e]), 0.3)
               for e in (0, 1)]
   for stats in rounds:

@@ -1,4 +1,4 @@
-"""Teacher-output cache and mixed precision (issue 12): a cached teacher trains exactly as the
+"""Teacher-output cache and mixed precision: a cached teacher trains exactly as the
 live one (float32) or closely (float16), is written once and read by later runs, never uses
 a mismatched or corrupt file, resumes identically; bfloat16 compute keeps float32 state."""
 
@@ -16,6 +16,7 @@ from kd_jax import data as data_lib
 from kd_jax import models, pipeline
 from kd_jax.data import augment
 from kd_jax.train import checks, loop, parallel, splits, teacher_cache
+from kd_jax.train import stage as stage_lib
 from kd_jax.train import state as state_lib
 from kd_jax.train import teacher as teacher_lib
 
@@ -172,9 +173,8 @@ def test_augmented_views_are_cached_per_epoch_and_a_resumed_run_matches(tmp_path
   cached = train(stage, str(tmp_path / "cached")).summary
   key_dir = tmp_path / "cache" / cached["teacher_cache"]["key"]
   assert sorted(os.listdir(key_dir)) == ["epoch_0000.npz", "epoch_0001.npz", "key.json"]
-  loader = data_lib.make_loader(data.train, batch_size=32, seed=loop.stage_seed(0, "student"),
-                                train=True, augment="cifar")
-  forward = jax.jit(state_lib.teacher_forward(teacher.model))
+  loader = stage_lib.training_loader(stage, data)  # the run's own data order and teacher pass
+  forward = jax.jit(stage_lib.live_teacher_fn(stage, teacher))
   for epoch in (0, 1):
     with np.load(key_dir / f"epoch_{epoch:04d}.npz") as f:
       table = f["logits"]

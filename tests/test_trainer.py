@@ -17,6 +17,7 @@ from kd_jax.train import loop, parallel, stage, teacher
 from kd_jax.train import state as state_lib
 from kd_jax.train import step as step_lib
 from kd_jax.train import workdir as workdir_lib
+from kd_jax.train import writer as writer_lib
 
 
 def _batch(rng, n, dim=16, num_classes=10, pad=0):
@@ -124,7 +125,7 @@ def test_step_matches_manual_sgd_on_the_method_loss():
 
 
 def test_metric_sums_weight_steps_by_example_count_and_round_trip():
-  sums = step_lib.MetricSums()
+  sums = writer_lib.MetricSums()
   sums.append(dict(loss=jnp.float32(1.0), accuracy=jnp.float32(0.5), count=jnp.float32(3)))
   sums.append(dict(loss=jnp.float32(3.0), accuracy=jnp.float32(1.0), count=jnp.float32(1)))
   state = sums.state_dict()
@@ -132,7 +133,7 @@ def test_metric_sums_weight_steps_by_example_count_and_round_trip():
   sums.append(dict(loss=jnp.float32(2.0), accuracy=jnp.float32(0.0), count=jnp.float32(4)))
   assert sums.window_means() == pytest.approx(dict(loss=2.0, accuracy=0.0))
   assert sums.epoch_means() == pytest.approx(dict(loss=1.75, accuracy=0.3125))
-  resumed = step_lib.MetricSums(json.loads(json.dumps(state)))  # as stored in the checkpoint
+  resumed = writer_lib.MetricSums(json.loads(json.dumps(state)))  # as stored in the checkpoint
   assert resumed.epoch_means() == pytest.approx(dict(loss=1.5, accuracy=0.625))
 
 

@@ -16,7 +16,7 @@ import trainer_util
 
 from kd_jax import models, pipeline
 from kd_jax.train import checkpoint as ckpt_lib
-from kd_jax.train import loop, step
+from kd_jax.train import loop, writer
 from kd_jax.train import state as state_lib
 from kd_jax.train import workdir as workdir_lib
 
@@ -250,10 +250,10 @@ def test_nonfinite_weights_are_never_saved(tmp_path):
                                        jax.random.PRNGKey(0), (16,))
   checkpointer = ckpt_lib.Checkpointer(str(tmp_path), keep=2)
   meta = dict(stage="student", step=7)
-  loop._save(checkpointer, state, meta, step.MetricSums())  # pylint: disable=protected-access
+  loop._save(checkpointer, state, meta, writer.MetricSums())  # pylint: disable=protected-access
   broken = state.replace(params=jax.tree.map(lambda x: x.at[0].set(jnp.inf), state.params))
   with pytest.raises(loop.TrainingDiverged, match="last good checkpoint is kept: step 7"):
-    loop._save(checkpointer, broken, dict(meta, step=8), step.MetricSums())  # pylint: disable=protected-access
+    loop._save(checkpointer, broken, dict(meta, step=8), writer.MetricSums())  # pylint: disable=protected-access
   assert checkpointer.manager.all_steps() == [7]
 
 

@@ -41,7 +41,6 @@ import numpy as np
 from kd_jax.data import augment as augment_lib
 from kd_jax.data.source import Source
 
-AUGMENTATIONS = ("cifar", "imagenet")
 _EPOCH_STREAM = 0x5EED  # keeps the shuffle stream apart from other users of `seed`
 
 

@@ -12,9 +12,9 @@ student, or generations); `python -m kd_jax.main` is its command line.
 from kd_jax._extras import requires
 
 with requires("train", "kd_jax.train"):
-  from kd_jax.train.loop import Trained, TrainingDiverged, stage_seed, train
+  from kd_jax.train.loop import Trained, TrainingDiverged, train
   from kd_jax.train.splits import Data, load_data
-  from kd_jax.train.stage import stage_config
+  from kd_jax.train.stage import stage_config, stage_seed
   from kd_jax.train.state import TrainState, create_train_state, teacher_forward
   from kd_jax.train.step import teacher_mask_for, train_step
   from kd_jax.train.teacher import Teacher

@@ -31,7 +31,7 @@ from orbax.checkpoint import checkpoint_managers
 
 from kd_jax.train import parallel, workdir
 
-CHECKPOINTS, CORRUPT, SUMMARY = "checkpoints", "corrupt_checkpoints", "summary.json"
+CHECKPOINTS, CORRUPT = "checkpoints", "corrupt_checkpoints"
 ARRAY_ITEMS = ("variables", "train")
 
 

@@ -211,7 +211,7 @@ def check_teacher_checkpoint(path: str, model_name: str, info) -> None:
       fail("teacher.model", model_name, f"must be one of {', '.join(models.names())}")
     return
   run_dir = checkpoint.find_run_dir(path)
-  summary_path = os.path.join(run_dir, checkpoint.SUMMARY)
+  summary_path = os.path.join(run_dir, workdir.SUMMARY)
   if not os.path.exists(summary_path):
     fail(field, path, f"is not a finished run ({summary_path} is missing: it was interrupted "
          "or diverged); finish it by rerunning its command, or train another teacher")

@@ -1,34 +1,32 @@
 """Training one model: `train(config, workdir, *, teacher=None) -> Trained`.
 
 `config` is a stage config (configs/common.py: the shared fields plus `stage`, `model`,
-`method`, `num_epochs`); `kd_jax.pipeline` derives one per stage from a config file. The run
-is resumable (newest good checkpoint, data iterator position and metric sums included),
-skipped when finished (its summary.json exists and its fingerprint matches), and refuses a
-directory of another configuration or one held by another process. The function reads top
-to bottom as big_vision's train.py: setup, restore, loop, final evaluation.
+`method`, `num_epochs`); `kd_jax.train.stage.stage_config` derives one per stage from a
+config file. The run is resumable (newest good checkpoint, data iterator position and metric
+sums included), skipped when finished (its summary.json exists and its fingerprint matches),
+and refuses a directory of another configuration or one held by another process. The
+function reads top to bottom as big_vision's train.py: setup, restore, loop, final
+evaluation.
 """
 
 import dataclasses
 import functools
 import os
 import time
-import zlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kd_jax import data as data_lib
 from kd_jax import methods, models, targets
 from kd_jax.train import checkpoint as ckpt_lib
 from kd_jax.train import checks, evaluate, parallel, selection_rounds, splits
+from kd_jax.train import stage as stage_lib
 from kd_jax.train import state as state_lib
 from kd_jax.train import step as step_lib
 from kd_jax.train import teacher_cache as cache_lib
 from kd_jax.train import workdir as workdir_lib
 from kd_jax.train import writer as writer_lib
-
-SUMMARY = "summary.json"
 
 
 class TrainingDiverged(RuntimeError):
@@ -43,9 +41,14 @@ class Trained:
   variables: dict | None
 
 
-def stage_seed(seed: int, stage: str) -> int:
-  """A per-stage integer seed (stable across Python runs) for init, shuffling and dropout."""
-  return (int(seed) * 1_000_003 + zlib.crc32(stage.encode())) % (2**31 - 1)
+@dataclasses.dataclass(frozen=True)
+class Position:
+  """Where the run stands: `step` steps done, `step_in_epoch` of them in epoch `epoch`, after
+  `train_seconds` of training. Saved in every checkpoint's meta: a resumed run starts there."""
+  step: int = 0
+  epoch: int = 0
+  step_in_epoch: int = 0
+  train_seconds: float = 0.0
 
 
 def due(step: int, every: int, total: int) -> bool:
@@ -60,15 +63,42 @@ def _last_good(checkpointer) -> str:
   return f"step {step} in {checkpointer.manager.directory}"
 
 
+def _diverged(stage: str, what: str, step: int, checkpointer) -> TrainingDiverged:
+  return TrainingDiverged(f"{stage} training stopped: non-finite {what} (NaN or inf) at step "
+                          f"{step}; the last good checkpoint is kept: {_last_good(checkpointer)}")
+
+
 def _save(checkpointer, state, meta: dict, metric_sums, val_accuracy=None) -> None:
   """A checkpoint of `state`, only when its weights and pending metrics are all finite."""
   items = state.checkpoint_items()
   if not (metric_sums.finite() and ckpt_lib.all_finite(items)):
-    raise TrainingDiverged(
-        f"{meta['stage']} training stopped: non-finite loss or weights (NaN or inf) at step "
-        f"{meta['step']}; the last good checkpoint is kept: {_last_good(checkpointer)}")
+    raise _diverged(meta["stage"], "loss or weights", meta["step"], checkpointer)
   checkpointer.save(meta["step"], items, dict(meta, metric_sums=metric_sums.state_dict()),
                     val_accuracy)
+
+
+def _teacher_slot(config, teacher, loader, mesh, info):
+  """`(teacher_fn, teacher_variables, cache)` of the train state: the live teacher (a copy
+  of its variables, as the step donates its state and the caller keeps using the teacher),
+  or a lookup in the teacher-output cache, whose table the loop sets per epoch."""
+  if teacher is None:
+    return None, None, None
+  teacher_fn = stage_lib.live_teacher_fn(config, teacher)
+  if not cache_lib.enabled(config, teacher):
+    return teacher_fn, jax.tree.map(jnp.copy, teacher.variables), None
+  cache = cache_lib.open_cache(config, teacher, teacher_fn, loader, mesh, info)
+  print(f"kd_jax: {config.stage} reads its teacher's outputs from {cache.directory}/"
+        f"{cache.key} ({config.teacher_cache.format})", flush=True)
+  return cache_lib.lookup, None, cache
+
+
+def _class_similarity(method, teacher) -> jax.Array | None:
+  """KD-sim's `[C, C]` class relationships from the teacher's classifier, or None."""
+  if not methods.needs_class_similarity(method.name):
+    return None
+  kernel = teacher.variables["params"]["classifier"]["kernel"]
+  return jax.jit(targets.class_similarity, static_argnums=1)(kernel,
+                                                             float(method.sim_temperature))
 
 
 def train(config, workdir: str, *, teacher=None, data: splits.Data | None = None,
@@ -76,7 +106,7 @@ def train(config, workdir: str, *, teacher=None, data: splits.Data | None = None
   """Trains (or resumes, or skips when finished) the model of stage config `config`.
 
   Args:
-    config: a stage config (`kd_jax.pipeline.stage_config`).
+    config: a stage config (`kd_jax.train.stage.stage_config`).
     workdir: this run's directory: checkpoints/, metrics.jsonl, tensorboard/, config.json,
       summary.json.
     teacher: a `kd_jax.train.teacher.Teacher`, required by teacher-based methods.
@@ -94,7 +124,7 @@ def train(config, workdir: str, *, teacher=None, data: splits.Data | None = None
   mesh = mesh or parallel.make_mesh()
   info, method, stage = data.info, config.method, config.stage
   fingerprint = workdir_lib.fingerprint(config, cache_lib.teacher_fingerprint(config, teacher))
-  summary_path = os.path.join(workdir, SUMMARY)
+  summary_path = os.path.join(workdir, workdir_lib.SUMMARY)
   with workdir_lib.locked(workdir):
     if os.path.exists(summary_path):
       summary = workdir_lib.read_json(summary_path)
@@ -103,40 +133,21 @@ def train(config, workdir: str, *, teacher=None, data: splits.Data | None = None
       return Trained(summary, None)
 
     # Setup: data order, model, optimizer, the teacher's slot, data selection.
-    seed = stage_seed(config.seed, stage)
+    seed = stage_lib.stage_seed(config.seed, stage)
     model = models.create(config.model, info.num_classes,
                           dtype=state_lib.COMPUTE_DTYPES[config.compute_dtype])
-    loader = data_lib.make_loader(data.train, batch_size=config.batch_size, seed=seed,
-                                  train=True, augment=info.augmentation,
-                                  prefetch=config.input.prefetch, workers=config.input.workers)
+    loader = stage_lib.training_loader(config, data)
     steps_per_epoch = loader.steps_per_epoch
     total_steps = config.num_epochs * steps_per_epoch
     tx, schedule = state_lib.make_optimizer(config.optim, steps_per_epoch)
-    selector = selected = teacher_fn = class_similarity = cache = None
-    if teacher is not None:
-      teacher_fn = state_lib.teacher_forward(
-          state_lib.with_compute_dtype(teacher.model, config.compute_dtype))
-      if cache_lib.enabled(config, teacher):
-        # The teacher slot becomes a lookup; its table is set at each epoch start below.
-        cache = cache_lib.open_cache(config, teacher, teacher_fn, loader, mesh, info)
-        teacher_fn = cache_lib.lookup
-        print(f"kd_jax: {stage} reads its teacher's outputs from {cache.directory}/"
-              f"{cache.key} ({config.teacher_cache.format})", flush=True)
-      if methods.needs_class_similarity(method.name):
-        kernel = teacher.variables["params"]["classifier"]["kernel"]
-        class_similarity = jax.jit(targets.class_similarity, static_argnums=1)(
-            kernel, float(method.sim_temperature))
+    teacher_fn, teacher_variables, cache = _teacher_slot(config, teacher, loader, mesh, info)
+    selector = selected = None
     if methods.selects(method):
-      selector = selection_rounds.make_selector(config, teacher, data, mesh, model, seed)
+      selector = selection_rounds.Selector(config, teacher, data, mesh, model, seed)
       selected = np.zeros(len(data.train), bool)  # until round 0: CE only (the warm-up)
-    # The step donates its state: the teacher's slot gets a copy, so the caller's teacher
-    # (handed over in memory, reused by selection rounds) keeps its buffers.
-    teacher_variables = None
-    if teacher is not None and cache is None:
-      teacher_variables = jax.tree.map(jnp.copy, teacher.variables)
     state = state_lib.create_train_state(
         model, tx, jax.random.PRNGKey(seed), info.input_shape, teacher_fn=teacher_fn,
-        teacher_variables=teacher_variables, class_similarity=class_similarity,
+        teacher_variables=teacher_variables, class_similarity=_class_similarity(method, teacher),
         selected=selected)
     state = parallel.replicate(state, mesh)
     replicated = parallel.replicated(mesh)
@@ -151,81 +162,83 @@ def train(config, workdir: str, *, teacher=None, data: splits.Data | None = None
     checkpointer = ckpt_lib.Checkpointer(workdir, config.checkpoint.keep)
     restored = checkpointer.restore_latest(ckpt_lib.abstract(state.checkpoint_items()),
                                            fingerprint)
-    meta = dict(stage=stage, fingerprint=fingerprint, epoch=0, step_in_epoch=0, step=0,
-                best_val_accuracy=None, best_val_step=None, train_seconds=0.0,
-                selection=[], selection_epoch=None, metric_sums={})
+    # What a checkpoint records beside the arrays (JSON): the position is added at each save.
+    meta = dict(stage=stage, fingerprint=fingerprint, best_val_accuracy=None,
+                best_val_step=None, selection=[], selection_epoch=None)
+    position = Position()
     if restored is None:
       workdir_lib.write_json(os.path.join(workdir, "config.json"), config.to_dict())
     else:
-      state, meta = state.restore(restored), restored["meta"]
-      print(f"kd_jax: {stage} resumes at step {meta['step']} (epoch {meta['epoch']}, step "
-            f"{meta['step_in_epoch']} in epoch)", flush=True)
-    metric_sums = step_lib.MetricSums(meta["metric_sums"])
-    writer = writer_lib.MetricsWriter(workdir, stage, meta["step"] if restored else None)
-    progress = writer_lib.Progress(total_steps, config.batch_size)
-    step, start_epoch, start_in_epoch = meta["step"], meta["epoch"], meta["step_in_epoch"]
-    session_start, seconds_before = time.time(), float(meta["train_seconds"])
+      state = state.restore(restored)
+      meta = {key: restored["meta"][key] for key in meta}
+      position = Position(**{f.name: restored["meta"][f.name]
+                             for f in dataclasses.fields(Position)})
+      print(f"kd_jax: {stage} resumes at step {position.step} (epoch {position.epoch}, step "
+            f"{position.step_in_epoch} in epoch)", flush=True)
+    metric_sums = writer_lib.MetricSums(restored and restored["meta"]["metric_sums"])
+    writer = writer_lib.MetricsWriter(workdir, stage, position.step if restored else None)
+    clock = writer_lib.Progress(total_steps, config.batch_size)
+    step, first_epoch, first_in_epoch = position.step, position.epoch, position.step_in_epoch
+    seconds_before, session_start = position.train_seconds, time.time()
 
     # Loop: epochs of steps; logs, evaluations and checkpoints at their cadences.
-    for epoch in range(start_epoch, config.num_epochs):
-      first = start_in_epoch if epoch == start_epoch else 0
-      if cache is not None and (cache.per_epoch or epoch == start_epoch):
+    for epoch in range(first_epoch, config.num_epochs):
+      if cache is not None and (cache.per_epoch or epoch == first_epoch):
         # This epoch's teacher logits (read, or computed once and written). Without
         # augmentation one table serves every epoch: the step passes it through (donated
         # and aliased), so it is set only once per session.
-        with progress.paused():
+        with clock.paused():
           state = state.replace(teacher_variables=cache.device_table(epoch, mesh))
-      if (selector and selection_rounds.is_round(config.selection, epoch)
-          and meta["selection_epoch"] != epoch):
-        with progress.paused():
+      if selector and selector.is_round(epoch) and meta["selection_epoch"] != epoch:
+        with clock.paused():
           mask, stats = selector(state.variables, epoch)
         state = state.replace(selected=parallel.replicate(mask, mesh))
-        meta = dict(meta, selection=[*meta["selection"], stats], selection_epoch=epoch)
+        meta.update(selection=[*meta["selection"], stats], selection_epoch=epoch)
         print(f"kd_jax: {stage} selection round at epoch {epoch}: {stats['num_selected']} of "
               f"{stats['num_examples']} examples selected ({stats['criterion']})", flush=True)
-      batches = parallel.prefetch_to_mesh(loader.epoch(epoch, first), mesh,
+      start = first_in_epoch if epoch == first_epoch else 0
+      batches = parallel.prefetch_to_mesh(loader.epoch(epoch, start), mesh,
                                           config.input.device_prefetch)
-      for in_epoch, batch in enumerate(batches, start=first + 1):
+      for in_epoch, batch in enumerate(batches, start=start + 1):
         state, metrics = train_step(state, batch)
         metric_sums.append(metrics)
         step += 1
-        if progress.measured_from is None:  # compilation is not training time
+        if clock.measured_from is None:  # compilation is not training time
           jax.block_until_ready(metrics)
-          progress.step_done(step)
+          clock.step_done(step)
         end_of_epoch = in_epoch == steps_per_epoch
         if step % config.log_every_steps == 0 or end_of_epoch:
           values = metric_sums.window_means()
           if not np.isfinite(values["loss"]):
-            raise TrainingDiverged(
-                f"{stage} training stopped: non-finite loss (NaN or inf) before step {step}; "
-                f"the last good checkpoint is kept: {_last_good(checkpointer)}")
+            raise _diverged(stage, "loss", step, checkpointer)
           values.update(epoch=step / steps_per_epoch, learning_rate=float(schedule(step - 1)),
-                        images_per_second=progress.images_per_second(step) or 0.0)
-          writer.write_scalars(step, values, "train", progress.report(step))
-        # Where a resumed run restarts is recorded at save points only, off the per-step path.
-        if not end_of_epoch:
-          if due(step, config.checkpoint.every_steps, total_steps):
-            position = dict(step=step, epoch=epoch, step_in_epoch=in_epoch,
-                            train_seconds=seconds_before + time.time() - session_start)
-            with progress.paused():
-              _save(checkpointer, state, dict(meta, **position), metric_sums)
-          continue
-        meta = dict(meta, step=step, epoch=epoch + 1, step_in_epoch=0,
-                    train_seconds=seconds_before + time.time() - session_start)
-        writer.write_scalars(step, dict(metric_sums.epoch_means(), epoch=epoch + 1),
-                             "train_epoch")
-        val_accuracy = None
-        with progress.paused():
-          if val_loader and due(epoch + 1, config.eval_every_epochs, config.num_epochs):
-            val = evaluate.evaluate(eval_fn, state.variables, val_loader, mesh)
-            writer.write_scalars(step, dict(val, epoch=epoch + 1), "val")
-            val_accuracy = val["accuracy"]
-            if meta["best_val_accuracy"] is None or val_accuracy > meta["best_val_accuracy"]:
-              meta = dict(meta, best_val_accuracy=val_accuracy, best_val_step=step)
-          if due(epoch + 1, config.eval_test_every_epochs, config.num_epochs):
-            test = evaluate.evaluate(eval_fn, state.variables, test_loader, mesh)
-            writer.write_scalars(step, dict(test, epoch=epoch + 1), "test")
-          _save(checkpointer, state, meta, metric_sums, val_accuracy)
+                        images_per_second=clock.images_per_second(step) or 0.0)
+          writer.write_scalars(step, values, "train", clock.report(step))
+        # Mid-epoch saves only: the epoch's end, below, saves after its evaluations.
+        if not end_of_epoch and due(step, config.checkpoint.every_steps, total_steps):
+          position = Position(step, epoch, in_epoch,
+                              seconds_before + time.time() - session_start)
+          with clock.paused():
+            _save(checkpointer, state, dict(meta, **dataclasses.asdict(position)),
+                  metric_sums)
+
+      # The epoch's end: its train means, validation (best checkpoint), test, a checkpoint.
+      writer.write_scalars(step, dict(metric_sums.epoch_means(), epoch=epoch + 1),
+                           "train_epoch")
+      val_accuracy = None
+      with clock.paused():
+        if val_loader and due(epoch + 1, config.eval_every_epochs, config.num_epochs):
+          val = evaluate.evaluate(eval_fn, state.variables, val_loader, mesh)
+          writer.write_scalars(step, dict(val, epoch=epoch + 1), "val")
+          val_accuracy = val["accuracy"]
+          if meta["best_val_accuracy"] is None or val_accuracy > meta["best_val_accuracy"]:
+            meta.update(best_val_accuracy=val_accuracy, best_val_step=step)
+        if due(epoch + 1, config.eval_test_every_epochs, config.num_epochs):
+          test = evaluate.evaluate(eval_fn, state.variables, test_loader, mesh)
+          writer.write_scalars(step, dict(test, epoch=epoch + 1), "test")
+        position = Position(step, epoch + 1, 0, seconds_before + time.time() - session_start)
+        _save(checkpointer, state, dict(meta, **dataclasses.asdict(position)), metric_sums,
+              val_accuracy)
 
     # The final model's test metrics, and the best-validation checkpoint's (labelled).
     test = evaluate.evaluate(eval_fn, state.variables, test_loader, mesh)
@@ -236,15 +249,14 @@ def train(config, workdir: str, *, teacher=None, data: splits.Data | None = None
                                   dict(variables=ckpt_lib.abstract(state.variables)))
       best_test = evaluate.evaluate(eval_fn, best["variables"], test_loader, mesh)
     summary = dict(
-        stage=stage, role=stage, config=config.get("name", ""), dataset=info.name,
+        stage=stage, config=config.get("name", ""), dataset=info.name,
         num_classes=info.num_classes, input_shape=list(info.input_shape), model=config.model,
         method=method.name, seed=int(config.seed), num_epochs=config.num_epochs, steps=step,
         params=state_lib.param_count(state.params), test_accuracy=test["accuracy"],
         test_top5=test["top5"], test_loss=test["loss"], ece=test["ece"], test_metrics=test,
         best_val_accuracy=meta["best_val_accuracy"], best_val_step=meta["best_val_step"],
         best_val_checkpoint_test_accuracy=best_test and best_test["accuracy"],
-        train_seconds=meta["train_seconds"],
-        images_per_second=progress.images_per_second(step),
+        train_seconds=position.train_seconds, images_per_second=clock.images_per_second(step),
         train_step_compilations=train_step._cache_size(),  # pylint: disable=protected-access
         teacher=teacher and teacher.source,
         teacher_test_accuracy=teacher and teacher.test_accuracy,

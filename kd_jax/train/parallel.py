@@ -1,5 +1,4 @@
-"""Data parallelism: one device mesh (axis 'data'), sharded batches, replicated state; and the
-XLA:CPU settings the trainer runs with (`use_cpu_xla_flags`).
+"""Data parallelism: one device mesh (axis 'data'), sharded batches, replicated state.
 
 The train and eval steps are plain `jax.jit` functions over global arrays: parameters carry a
 replicated `NamedSharding`, batches are split along their leading axis over every device of
@@ -10,52 +9,14 @@ slice of every global batch and `shard_batch` assembles the global array with
 """
 
 import collections
-import os
 from collections.abc import Iterator
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-from jaxlib import version as jaxlib_version
 
 DATA_AXIS = "data"
-
-# YNNPACK, the library XLA:CPU (jaxlib 0.10) hands 2-D convolutions to, computed a CIFAR
-# network's convolution weight gradients 2.0-2.7x slower than PyTorch (XLA's own: 0.95-0.98x;
-# experiments/bench_convs.py); without it the CPU KD step with a cached teacher measured
-# 1.3-1.5x faster (README, Performance). Only this library choice changes: YNNPACK keeps the
-# dots and elementwise fusions.
-# XLA's loop emitter vectorises 8 floats wide by default, also on AVX-512 CPUs; the losses'
-# exp((z - max) / T) pass is such a loop. 16 wide, cross entropy with its gradient at
-# [1024, 100] went from 2.3-3.1x to 2.9-3.6x PyTorch's speed and most other C = 100 losses
-# 5-30% up, and the KD step did not change (1.02-1.04x; alternating processes, README,
-# Performance). With the losses' own exp (`kd_jax._exp_kernel.exp_nonpositive`) it still
-# counts: ce 2.6-2.9x at 8 wide, 3.4-4.2x at 16. A CPU without AVX-512 ignores the preference.
-CPU_XLA_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",
-                 "--xla_cpu_prefer_vector_width=512")
-# XLA aborts on a flag it does not know, so they are set only for the jaxlib they were
-# measured with (requirements.txt pins it).
-CPU_XLA_FLAGS_JAXLIB = ("0.10.",)
-
-
-def use_cpu_xla_flags(environ=os.environ) -> tuple[str, ...]:
-  """Appends `CPU_XLA_FLAGS` to `environ["XLA_FLAGS"]`, except a flag the user already set
-  (the part before '='); returns the flags added (none on a jaxlib outside
-  `CPU_XLA_FLAGS_JAXLIB`). A user opts out with, e.g.,
-  `XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=+individual_convolution`.
-
-  XLA reads XLA_FLAGS when JAX starts its first backend, so this must run before any array
-  is created (`kd_jax.main` calls it first). Other backends ignore `xla_cpu_*` flags.
-  """
-  if not jaxlib_version.__version__.startswith(CPU_XLA_FLAGS_JAXLIB):
-    return ()
-  present = environ.get("XLA_FLAGS", "")
-  added = tuple(flag for flag in CPU_XLA_FLAGS if flag.split("=")[0] not in present)
-  if added:
-    environ["XLA_FLAGS"] = " ".join(filter(None, [present, *added]))
-  return added
-
 
 def initialize(coordinator_address: str = "", num_processes: int = 1, process_id: int = 0,
                cpu_collectives: str = "gloo") -> None:

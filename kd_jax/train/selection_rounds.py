@@ -44,7 +44,7 @@ Criteria (`selection.criterion`, all scores higher = keep; `kd_jax.selection`):
   random           uniform scores, seeded by (seed, selection.seed, round epoch): the control.
 Then `selection.select` keeps the `round(ratio * N)` best (ties by index).
 
-Each round's statistics go to the role's summary (`summary["selection"]`): selected count and
+Each round's statistics go to the stage's summary (`summary["selection"]`): selected count and
 ratio, the scores' histogram, and the share of teacher-wrong examples inside and outside the
 selection.
 """
@@ -96,58 +96,68 @@ def influence_scores(features, teacher_targets, labels, kernel, bias, ref_featur
   return scores
 
 
-def make_selector(config, teacher, data, mesh, student_model, seed: int):
-  """`selector(student_variables, epoch) -> (selected bool [N], statistics dict)`.
+class Selector:
+  """Runs the selection rounds of one student: `selector(student_variables, epoch) ->
+  (selected bool [N], statistics dict)` at the epochs `is_round` names.
 
   `config` is the student's stage config (its `method`, `optim` and `selection` blocks).
-
-  The teacher's training-set predictions are computed once (first call) and reused by every
-  round; scored features are recomputed each round from the scored model's eval-mode forward.
+  The teacher's training-set predictions are computed at the first round and reused by every
+  later one; the scored features are recomputed each round from the scored model's
+  eval-mode forward pass, whose compiled functions are built once here.
   """
-  s = config.selection
-  method = config.method
-  l2 = float(config.optim.weight_decay if s.l2 is None else s.l2)
-  batch_size = int(config.eval_batch_size)
-  cache = {}
-  teacher_features = s.criterion == "influence" and s.model == "teacher"
-  # Built once: a refresh round reuses the compiled forward passes.
-  teacher_fn = eval_lib.make_eval_fn(teacher.model, with_features=teacher_features)
-  student_fn = eval_lib.make_eval_fn(student_model, with_features=True)
 
-  def predict(eval_fn, variables, source):
-    return eval_lib.predict(eval_fn, variables, eval_lib.eval_loader(source, batch_size), mesh)
+  def __init__(self, config, teacher, data, mesh, student_model, seed: int):
+    self.config, self.teacher, self.data, self.mesh, self.seed = (config, teacher, data, mesh,
+                                                                  seed)
+    s = config.selection
+    self.teacher_features = s.criterion == "influence" and s.model == "teacher"
+    self.teacher_fn = eval_lib.make_eval_fn(teacher.model, with_features=self.teacher_features)
+    self.student_fn = eval_lib.make_eval_fn(student_model, with_features=True)
+    self.teacher_train = self.teacher_val = None  # the teacher's predictions, at round 0
 
-  def teacher_outputs():
-    if "teacher" not in cache:
-      cache["teacher"] = predict(teacher_fn, teacher.variables, data.train)
-      if teacher_features:
-        cache["teacher_val"] = predict(teacher_fn, teacher.variables, data.val)
-    return cache["teacher"]
+  def is_round(self, epoch: int) -> bool:
+    return is_round(self.config.selection, epoch)
 
-  def influence(student_variables, out):
+  def _predict(self, eval_fn, variables, source) -> dict:
+    loader = eval_lib.eval_loader(source, int(self.config.eval_batch_size))
+    return eval_lib.predict(eval_fn, variables, loader, self.mesh)
+
+  def _teacher_outputs(self) -> dict:
+    if self.teacher_train is None:
+      self.teacher_train = self._predict(self.teacher_fn, self.teacher.variables,
+                                         self.data.train)
+      if self.teacher_features:
+        self.teacher_val = self._predict(self.teacher_fn, self.teacher.variables,
+                                         self.data.val)
+    return self.teacher_train
+
+  def _influence(self, student_variables, out) -> np.ndarray:
+    s, method = self.config.selection, self.config.method
     probs = np.asarray(jax.nn.softmax(out["logits"].astype(np.float32), axis=-1))
     if methods.revises(method):
       probs = np.asarray(targets.revise(probs, out["label"], float(method.eta)))
     if s.model == "teacher":
-      model_variables, train_out, val_out = teacher.variables, out, cache["teacher_val"]
+      model_variables, train_out, val_out = self.teacher.variables, out, self.teacher_val
     else:
       model_variables = student_variables
-      train_out = predict(student_fn, student_variables, data.train)
-      val_out = predict(student_fn, student_variables, data.val)
+      train_out = self._predict(self.student_fn, student_variables, self.data.train)
+      val_out = self._predict(self.student_fn, student_variables, self.data.val)
     classifier = jax.device_get(model_variables["params"]["classifier"])
+    l2 = float(self.config.optim.weight_decay if s.l2 is None else s.l2)
     return influence_scores(train_out["features"], probs, out["label"], classifier["kernel"],
                             classifier["bias"], val_out["features"], val_out["label"], l2=l2,
                             hessian=s.hessian, damping=float(s.damping),
                             target=s.influence_target)
 
-  def selector(student_variables, epoch: int):
+  def __call__(self, student_variables, epoch: int) -> tuple[np.ndarray, dict]:
+    s = self.config.selection
     tick = time.time()
-    out = teacher_outputs()
+    out = self._teacher_outputs()
     labels = out["label"]
     if s.criterion == "influence":
-      scores = influence(student_variables, out)
+      scores = self._influence(student_variables, out)
     elif s.criterion == "random":
-      scores = selection.random_scores(len(labels), [seed, int(s.seed), epoch])
+      scores = selection.random_scores(len(labels), [self.seed, int(s.seed), epoch])
     elif s.criterion == "teacher_margin":
       scores = selection.teacher_margin_scores(out["logits"], labels, space=s.margin_space)
     else:
@@ -155,8 +165,7 @@ def make_selector(config, teacher, data, mesh, student_model, seed: int):
     mask = selection.select(scores, float(s.ratio))
     teacher_wrong = np.argmax(out["logits"], axis=-1) != labels
     stats = dict(epoch=int(epoch), criterion=s.criterion, model=s.model, hessian=s.hessian,
-                 influence_target=s.influence_target, **round_statistics(scores, mask, teacher_wrong, int(s.histogram_bins)),
+                 influence_target=s.influence_target,
+                 **round_statistics(scores, mask, teacher_wrong, int(s.histogram_bins)),
                  seconds=time.time() - tick)
     return mask, stats
-
-  return selector

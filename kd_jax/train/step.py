@@ -8,12 +8,12 @@ jit it once with `donate_argnums=0`.
 
 `metrics` are scalars: the step's means over real examples of `loss`, `accuracy` and the
 method's diagnostics (`ce`, `teacher_term`, `beta`, ...), plus `count`, the number of real
-examples. They stay on the device; the loop fetches them only when it logs (`MetricSums`).
+examples. They stay on the device; the loop fetches them only when it logs
+(`kd_jax.train.writer.MetricSums`).
 """
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from kd_jax import methods
@@ -86,59 +86,6 @@ def train_step(state: TrainState, batch: dict, *, method, steps_per_epoch: int):
                                     weights)
   metrics["count"] = jnp.sum(weights)
   return new_state, metrics
-
-
-class MetricSums:
-  """Host-side running sums of step metrics, weighted by each step's example count.
-
-  The loop appends each step's (device) metrics; `window_means()` and `epoch_means()` fetch
-  what is pending (one device-to-host transfer per log, not per step) and average. The sums
-  are plain floats, so a checkpoint stores them (`state_dict`) and a resumed run logs the
-  same epoch means as an uninterrupted one.
-  """
-
-  def __init__(self, state: dict | None = None):
-    state = state or {}
-    self.window, self.epoch = dict(state.get("window", {})), dict(state.get("epoch", {}))
-    self.pending = []
-
-  def append(self, metrics: dict) -> None:
-    self.pending.append(metrics)
-
-  def flush(self) -> None:
-    for metrics in jax.device_get(self.pending):
-      count = float(metrics["count"])
-      for sums in (self.window, self.epoch):
-        sums["count"] = sums.get("count", 0.0) + count
-        for key, value in metrics.items():
-          if key != "count":
-            sums[key] = sums.get(key, 0.0) + float(value) * count
-    self.pending = []
-
-  @staticmethod
-  def _means(sums: dict) -> dict:
-    count = max(sums.get("count", 0.0), 1.0)
-    return {key: value / count for key, value in sums.items() if key != "count"}
-
-  def window_means(self) -> dict:
-    """Means since the last call (then reset)."""
-    self.flush()
-    means, self.window = self._means(self.window), {}
-    return means
-
-  def epoch_means(self) -> dict:
-    """Means since the epoch began (then reset)."""
-    self.flush()
-    means, self.epoch = self._means(self.epoch), {}
-    return means
-
-  def finite(self) -> bool:
-    self.flush()
-    return all(np.isfinite(v) for sums in (self.window, self.epoch) for v in sums.values())
-
-  def state_dict(self) -> dict:
-    self.flush()
-    return dict(window=dict(self.window), epoch=dict(self.epoch))
 
 
 def make_eval_step(model, with_features: bool = False):

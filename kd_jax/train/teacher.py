@@ -37,7 +37,7 @@ class Teacher:
 
 def from_run(run_dir: str, model_name: str, info, mesh) -> Teacher:
   """The final checkpoint of the finished run in `run_dir`, replicated over `mesh`."""
-  summary = workdir.read_json(os.path.join(run_dir, ckpt_lib.SUMMARY))
+  summary = workdir.read_json(os.path.join(run_dir, workdir.SUMMARY))
   model = models.create(model_name, info.num_classes)
   try:
     variables = ckpt_lib.final_variables(

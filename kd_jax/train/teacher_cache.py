@@ -54,7 +54,7 @@ import numpy as np
 
 from kd_jax import methods
 from kd_jax.train import checkpoint as ckpt_lib
-from kd_jax.train import parallel
+from kd_jax.train import parallel, workdir
 
 FORMATS = {"float32": np.float32, "float16": np.float16}
 EXACT_FORMAT = "float32"  # the only format whose cached logits equal the live ones bit for bit
@@ -206,10 +206,10 @@ class TeacherCache:
         os.makedirs(directory, exist_ok=True)
         key_json = os.path.join(directory, "key.json")
         if not os.path.exists(key_json):
-          _atomic(key_json, lambda tmp: _write_text(tmp, json.dumps(
-              self.fields, indent=2, sort_keys=True, default=str)))
-        _atomic(self.path(epoch), lambda tmp: np.savez(tmp, logits=logits,
-                                                       meta=np.array(json.dumps(meta))))
+          workdir.write_text(key_json, json.dumps(self.fields, indent=2, sort_keys=True,
+                                                  default=str))
+        workdir.atomic_write(self.path(epoch), lambda tmp: np.savez(
+            tmp, logits=logits, meta=np.array(json.dumps(meta))))
       except OSError as error:
         print(f"kd_jax: warning: teacher cache {self.path(epoch)} could not be written "
               f"({error.strerror or error}); this run uses the logits it computed",
@@ -270,41 +270,3 @@ def open_cache(config, teacher, forward, loader, mesh, info) -> TeacherCache:
                           info.num_classes)
 
   return TeacherCache(os.path.abspath(config.teacher_cache.dir), fields, compute)
-
-
-def precompute(config, teacher, data, mesh=None, epochs=None) -> TeacherCache:
-  """Fills the cache of stage config `config` for `teacher` ahead of the runs that read it
-  (epochs `range(config.num_epochs)` by default; one table without augmentation); tables
-  already there and valid are kept. Returns the cache (its `computed`/`read` epochs)."""
-  from kd_jax import data as data_lib  # pylint: disable=g-import-not-at-top
-  from kd_jax.train import loop  # pylint: disable=g-import-not-at-top
-  from kd_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
-  mesh = mesh or parallel.make_mesh()
-  info = data.info
-  loader = data_lib.make_loader(data.train, batch_size=config.batch_size,
-                                seed=loop.stage_seed(config.seed, config.stage), train=True,
-                                augment=info.augmentation)
-  forward = state_lib.teacher_forward(state_lib.with_compute_dtype(teacher.model,
-                                                                   config.compute_dtype))
-  cache = open_cache(config, teacher, forward, loader, mesh, info)
-  for epoch in (range(config.num_epochs) if epochs is None else epochs):
-    cache.table(epoch)
-    if not cache.per_epoch:
-      break
-  return cache
-
-
-def _atomic(path: str, write) -> None:
-  """`write(tmp)` then rename to `path`; the temporary file is removed if anything fails."""
-  tmp = f"{path}.tmp{os.getpid()}.npz" if path.endswith(".npz") else f"{path}.tmp{os.getpid()}"
-  try:
-    write(tmp)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-
-
-def _write_text(path: str, text: str) -> None:
-  with open(path, "w") as f:
-    f.write(text)

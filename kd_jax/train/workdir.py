@@ -6,8 +6,8 @@ non-default compute dtype, the teacher's identity and variables, and the teacher
 format when it rounds); it is stored in every checkpoint and in summary.json, and
 a rerun whose fingerprint differs stops with the fields that differ (`check_fingerprint`).
 `locked(directory)` holds an exclusive OS lock on `directory/.lock` (released on any exit,
-SIGKILL included) so a second process on the same directory stops at once. JSON files are
-written atomically.
+SIGKILL included) so a second process on the same directory stops at once. Every file a run
+writes is written atomically (`atomic_write`): a reader sees the old file or the new one.
 """
 
 import contextlib
@@ -22,6 +22,7 @@ from kd_jax import methods
 from kd_jax.train import parallel
 
 LOCK = ".lock"
+SUMMARY = "summary.json"  # a finished run's results: its presence marks the run finished
 # Fields that do not change the result: logging, evaluation and checkpoint cadence, devices.
 # `teacher_cache`: where the teacher's outputs come from; a float32 cache is bit-identical to
 # the live teacher, and a lossy format enters the teacher's entry instead
@@ -42,7 +43,7 @@ def fingerprint(config, teacher_fingerprint: dict | None = None) -> dict:
   if not methods.selects(config.method):
     fields.pop("selection", None)
   if fields.get("compute_dtype") == "float32":
-    # The default: runs from before the field existed keep their fingerprint (and resume).
+    # The default leaves no entry, so a float32 fingerprint names no compute dtype at all.
     fields.pop("compute_dtype")
   fields["dataset"] = {k: v for k, v in fields["dataset"].items() if k != "data_dir"}
   if teacher_fingerprint is not None:
@@ -101,15 +102,34 @@ def locked(directory: str):
     handle.close()
 
 
+def atomic_write(path: str, write) -> None:
+  """`write(tmp)` to a temporary file beside `path`, then renamed over `path`, so a reader
+  sees the old file or the new one, never a part of one. The temporary keeps `path`'s
+  extension (`np.save` / `np.savez` append theirs otherwise) and is removed when anything
+  fails."""
+  root, extension = os.path.splitext(path)
+  tmp = f"{root}.tmp{os.getpid()}{extension}"
+  try:
+    write(tmp)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def write_text(path: str, text: str) -> None:
+  def write(tmp):
+    with open(tmp, "w") as f:
+      f.write(text)
+  atomic_write(path, write)
+
+
 def write_json(path: str, value) -> None:
-  """Atomic JSON write (temporary file + rename) on the primary process."""
+  """Atomic JSON write on the primary process; WorkdirError naming the path and the cause."""
   if not parallel.is_primary():
     return
-  tmp = f"{path}.tmp"
   try:
-    with open(tmp, "w") as f:
-      json.dump(value, f, indent=2, sort_keys=True, default=_jsonable)
-    os.replace(tmp, path)
+    write_text(path, json.dumps(value, indent=2, sort_keys=True, default=_jsonable))
   except OSError as error:
     cause = "the disk is full" if error.errno == errno.ENOSPC else error.strerror
     raise WorkdirError(f"cannot write {path}: {cause}") from None

@@ -7,6 +7,7 @@ On resume from the checkpoint at step s, records after s (written by the interru
 after its last checkpoint) are dropped from metrics.jsonl and TensorBoard purges them, so a
 resumed run's records equal an uninterrupted run's. Only the primary process writes.
 
+`MetricSums` keeps the host-side running sums of the steps' metrics behind those records.
 `Progress` measures steps/s, images/s and the ETA over the time spent training (CLU's
 `ReportProgress` idea without its TensorFlow writers); `with progress.paused():` excludes
 evaluation, selection rounds and checkpoint writes.
@@ -18,7 +19,10 @@ import math
 import os
 import time
 
-from kd_jax.train import parallel
+import jax
+import numpy as np
+
+from kd_jax.train import parallel, workdir
 
 
 def _clean(value):
@@ -79,10 +83,60 @@ def _keep_records_until(path: str, resume_step: int | None) -> None:
         continue  # A line cut by a kill.
       if resume_step is not None and record["step"] <= resume_step:
         keep.append(line if line.endswith("\n") else line + "\n")
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.writelines(keep)
-  os.replace(tmp, path)
+  workdir.write_text(path, "".join(keep))
+
+
+class MetricSums:
+  """Host-side running sums of step metrics, weighted by each step's example count.
+
+  The loop appends each step's (device) metrics; `window_means()` and `epoch_means()` fetch
+  what is pending (one device-to-host transfer per log, not per step) and average. The sums
+  are plain floats, so a checkpoint stores them (`state_dict`) and a resumed run logs the
+  same epoch means as an uninterrupted one.
+  """
+
+  def __init__(self, state: dict | None = None):
+    state = state or {}
+    self.window, self.epoch = dict(state.get("window", {})), dict(state.get("epoch", {}))
+    self.pending = []
+
+  def append(self, metrics: dict) -> None:
+    self.pending.append(metrics)
+
+  def flush(self) -> None:
+    for metrics in jax.device_get(self.pending):
+      count = float(metrics["count"])
+      for sums in (self.window, self.epoch):
+        sums["count"] = sums.get("count", 0.0) + count
+        for key, value in metrics.items():
+          if key != "count":
+            sums[key] = sums.get(key, 0.0) + float(value) * count
+    self.pending = []
+
+  @staticmethod
+  def _means(sums: dict) -> dict:
+    count = max(sums.get("count", 0.0), 1.0)
+    return {key: value / count for key, value in sums.items() if key != "count"}
+
+  def window_means(self) -> dict:
+    """Means since the last call (then reset)."""
+    self.flush()
+    means, self.window = self._means(self.window), {}
+    return means
+
+  def epoch_means(self) -> dict:
+    """Means since the epoch began (then reset)."""
+    self.flush()
+    means, self.epoch = self._means(self.epoch), {}
+    return means
+
+  def finite(self) -> bool:
+    self.flush()
+    return all(np.isfinite(v) for sums in (self.window, self.epoch) for v in sums.values())
+
+  def state_dict(self) -> dict:
+    self.flush()
+    return dict(window=dict(self.window), epoch=dict(self.epoch))
 
 
 def read_metrics(path: str) -> list[dict]:
