@@ -1,4 +1,6 @@
-"""Model zoo part A: registry, forward/backward of every model, pinned parameter counts."""
+"""The model registry, forward/backward of every model, pinned parameter counts: the CIFAR
+and ImageNet ResNets, WRNs, VGGs and the small models (MobileNet and ShuffleNet:
+test_models_mobile.py)."""
 
 import jax
 import jax.numpy as jnp
@@ -38,7 +40,7 @@ SMALL_INPUTS = {"mlp_large": (40,), "mlp_small": (40,), "cnn1d_large": (40, 1),
                 "cnn_digits_small": (8, 8, 1)}
 # Small inputs keep CPU time down: RepDistiller's CIFAR nets need 32x32 (AvgPool2d(8) on the
 # last 8x8 map); the four-stage ResNets pool adaptively.
-MODELS_A = {**{n: (32, 32, 3) for n in CIFAR_PARAMS_100},
+INPUT_SHAPES = {**{n: (32, 32, 3) for n in CIFAR_PARAMS_100},
             **{n: (32, 32, 3) for n in IMAGENET_PARAMS_1000}, **SMALL_INPUTS,
             "ResNet50_cifar": (16, 16, 3)}
 # Backward passes by default for one model of each block type and every small model; the
@@ -47,15 +49,15 @@ MODELS_A = {**{n: (32, 32, 3) for n in CIFAR_PARAMS_100},
 # the backward pass under `-m slow` (eager CPU differentiation takes tens of seconds each).
 BACKWARD = {"resnet8", "resnet8x4", "wrn_16_1", "wrn_16_2", "vgg8", *SMALL_INPUTS}
 SLOW = {"ResNet34", "ResNet50"}  # forward and backward only under `-m slow`
-FORWARD_ONLY = set(MODELS_A) - BACKWARD - SLOW
+FORWARD_ONLY = set(INPUT_SHAPES) - BACKWARD - SLOW
 
 
 def _count(params):
   return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
 
 
-def test_registry_lists_every_model_of_part_a():
-  assert set(MODELS_A) <= set(models.names())
+def test_registry_lists_every_model():
+  assert set(INPUT_SHAPES) <= set(models.names())
   assert models.names() == sorted(models.names())
   for name in CIFAR_PARAMS_100:
     assert models.info(name).torch_classifier in ("fc", "classifier", "linear")
@@ -85,7 +87,7 @@ def test_imagenet_parameter_count(name):
 
 def _forward_backward(name, num_classes=10, backward=True):
   model = models.create(name, num_classes)
-  x = jax.random.normal(jax.random.key(1), (2,) + MODELS_A[name])
+  x = jax.random.normal(jax.random.key(1), (2,) + INPUT_SHAPES[name])
   labels = jnp.array([0, num_classes - 1])
   variables = model.init(jax.random.key(0), x)
   params = variables["params"]

@@ -1,6 +1,6 @@
 """MobileNetV2 (mobile_half), ShuffleV1, ShuffleV2 and ImageNet MobileNetV1 against PyTorch.
 
-The PyTorch references (torch_reference_b.py) carry RepDistiller's / mdistiller's module names,
+The PyTorch references (torch_reference_mobile.py) carry RepDistiller's / mdistiller's module names,
 so a random torch model saved as a .pth must load through `load_torch_checkpoint` and give the
 same eval logits, the same train-mode (batch statistics) logits, the same running means and the
 same gradients. Eval logits are checked in float32 for all four models; train mode and
@@ -19,7 +19,7 @@ from kd_jax import models
 from kd_jax.models import shufflenet
 
 torch = pytest.importorskip("torch")
-import torch_reference_b as torch_ref
+import torch_reference_mobile as torch_ref
 
 # name: (torch reference, num_classes, input side, exact trainable parameters, published M)
 CASES = {
