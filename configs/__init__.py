@@ -1,1 +1,2 @@
-"""Experiment configs (ml_collections): `--config=configs/<name>.py`; defaults in common.py."""
+"""The shipped experiment configs (ml_collections): `--config=<name>` (this directory is
+installed with the package as kd_jax/configs); shared defaults in kd_jax/config_defaults.py."""

@@ -7,22 +7,23 @@ runs this repository's CIFAR-100 schedule (configs/cifar100.py: SGD 0.05, moment
 decay 5e-4, batch 64, 240 epochs, x0.1 at 150/180/210). A 5000-image validation slice is held
 out for the best-checkpoint report; the test split selects nothing.
 
-  python -m kd_jax.main --config=configs/cifar100_generations.py --workdir=/tmp/c100_gen \
+  python -m kd_jax.main --config=cifar100_generations --workdir=/tmp/c100_gen \
       [--config.teacher.method.tsd_eta=0.0]   # a strict patriarch, for comparison
 """
 
-from configs import cifar100, common
+from kd_jax import config_defaults as defaults
+from kd_jax import config_files
 
 
 def get_config(arg=None):
-  c = cifar100.get_config()
+  c = config_files.shipped("cifar100")
   c.name = "cifar100_generations"
   c.dataset.holdout = 5000
-  c.teacher = common.teacher("resnet20", "tsd", tsd_eta=0.6, tsd_num_secondary=5,
-                             tsd_warmup_epochs=5.0, tsd_schedule="linear",
-                             tsd_primary="argmax", target_temperature=1.0)
-  c.student = common.student("resnet20", "kd", temperature=1.0, ce_weight=0.6, kd_weight=0.4,
-                             target_temperature=1.0)
+  c.teacher = defaults.teacher("resnet20", "tsd", tsd_eta=0.6, tsd_num_secondary=5,
+                               tsd_warmup_epochs=5.0, tsd_schedule="linear",
+                               tsd_primary="argmax", target_temperature=1.0)
+  c.student = defaults.student("resnet20", "kd", temperature=1.0, ce_weight=0.6, kd_weight=0.4,
+                               target_temperature=1.0)
   c.generations.num = 5
   c.eval_test_every_epochs = 10
-  return common.apply_variant(c, arg)
+  return defaults.apply_variant(c, arg)

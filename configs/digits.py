@@ -1,13 +1,13 @@
 """scikit-learn digits (8x8, 1437 train / 360 test): cnn_digits_large -> cnn_digits_small.
 
-  python -m kd_jax.main --config=configs/digits.py --workdir=/tmp/digits
+  python -m kd_jax.main --config=digits --workdir=/tmp/digits
 """
 
-from configs import common
+from kd_jax import config_defaults as defaults
 
 
 def get_config(arg=None):
-  c = common.get_config()
+  c = defaults.get_config()
   c.name = "digits"
   c.dataset.name = "digits"
   c.dataset.holdout = 137  # -> 1300 training examples
@@ -16,9 +16,9 @@ def get_config(arg=None):
   c.num_epochs = 30
   c.optim.learning_rate = 0.05
   c.optim.schedule = "cosine"
-  c.teacher = common.teacher("cnn_digits_large", "ce", target_temperature=1.0)
-  c.student = common.student("cnn_digits_small", "kd", temperature=4.0, ce_weight=0.1,
-                             kd_weight=0.9, target_temperature=1.0)
+  c.teacher = defaults.teacher("cnn_digits_large", "ce", target_temperature=1.0)
+  c.student = defaults.student("cnn_digits_small", "kd", temperature=4.0, ce_weight=0.1,
+                               kd_weight=0.9, target_temperature=1.0)
   c.log_every_steps = 20
   c.checkpoint.every_steps = 200
-  return common.apply_variant(c, arg)
+  return defaults.apply_variant(c, arg)

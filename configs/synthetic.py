@@ -2,15 +2,15 @@
 
 Every generator option is a field, so the data can be shaped on the command line:
 
-  python -m kd_jax.main --config=configs/synthetic.py --workdir=/tmp/syn \
+  python -m kd_jax.main --config=synthetic --workdir=/tmp/syn \
       --config.dataset.options.correlation=0.8 --config.dataset.options.num_classes=50
 """
 
-from configs import common
+from kd_jax import config_defaults as defaults
 
 
 def get_config(arg=None):
-  c = common.get_config()
+  c = defaults.get_config()
   c.name = "synthetic"
   c.dataset.name = "synthetic"
   c.dataset.holdout = 1000
@@ -20,9 +20,9 @@ def get_config(arg=None):
   c.num_epochs = 30
   c.optim.learning_rate = 0.05
   c.optim.schedule = "cosine"
-  c.teacher = common.teacher("mlp_large", "ce", target_temperature=1.0)
-  c.student = common.student("mlp_small", "kd", temperature=4.0, ce_weight=0.1, kd_weight=0.9,
-                             target_temperature=1.0)
+  c.teacher = defaults.teacher("mlp_large", "ce", target_temperature=1.0)
+  c.student = defaults.student("mlp_small", "kd", temperature=4.0, ce_weight=0.1, kd_weight=0.9,
+                               target_temperature=1.0)
   c.log_every_steps = 50
   c.checkpoint.every_steps = 500
-  return common.apply_variant(c, arg)
+  return defaults.apply_variant(c, arg)

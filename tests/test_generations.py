@@ -14,9 +14,8 @@ import pytest
 import trainer_util
 from scipy import special
 
-from configs import common
+from kd_jax import config_defaults, generations, pipeline
 from kd_jax import data as data_lib
-from kd_jax import generations, pipeline
 
 CONFIG = "configs/synthetic_generations.py"
 OVERRIDES = {**trainer_util.TINY_OVERRIDES, "teacher.model": "mlp_small",
@@ -168,7 +167,7 @@ def test_lambda_schedule_sets_ce_and_kd_weights():
     (dict(teacher__checkpoint="/some/run"), "teacher.checkpoint='/some/run'"),
 ])
 def test_check_config_names_the_bad_field(change, expected):
-  config = common.set_fields(_config(), {k.replace("__", "."): v for k, v in change.items()})
+  config = config_defaults.set_fields(_config(), {k.replace("__", "."): v for k, v in change.items()})
   with pytest.raises(ValueError) as error:
     pipeline.prepare(config)
   assert expected in str(error.value)

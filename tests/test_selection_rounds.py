@@ -12,7 +12,7 @@ import orbax.checkpoint as ocp
 import pytest
 import trainer_util
 
-from kd_jax import methods, pipeline, selection
+from kd_jax import config_files, methods, pipeline, selection
 from kd_jax.train import checks, selection_rounds, stage
 
 NUM_TRAIN = 576 - 64  # TINY_OVERRIDES: 576 examples, 64 held out
@@ -167,8 +167,7 @@ def test_other_criteria_and_scored_models_run(tmp_path, criterion, model, target
 
 
 def test_lr_ds_on_cifar100_config_with_mock_tfds(mock_tfds, tmp_path):
-  from configs import cifar100  # pylint: disable=g-import-not-at-top
-  config = cifar100.get_config()
+  config = config_files.shipped("cifar100")
   config.dataset.data_dir = mock_tfds
   config.dataset.holdout = 8
   config.dataset.options = dict(cache_labels=False)

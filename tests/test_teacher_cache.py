@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 import trainer_util
 
-from configs import common
+from kd_jax import config_defaults, models, pipeline
 from kd_jax import data as data_lib
-from kd_jax import models, pipeline
 from kd_jax.data import augment
 from kd_jax.train import checks, loop, parallel, splits, teacher_cache
 from kd_jax.train import stage as stage_lib
@@ -256,7 +255,7 @@ def test_bad_dtype_format_or_cache_dir_names_the_field(tmp_path):
 
 
 def _with(config, **fields):
-  return common.set_fields(config.copy_and_resolve_references(),
+  return config_defaults.set_fields(config.copy_and_resolve_references(),
                            {k.replace("__", "."): v for k, v in fields.items()})
 
 

@@ -28,9 +28,8 @@ TIMING_FIELDS = ("train_seconds", "images_per_second", "seconds")
 
 def tiny_config(**overrides):
   """configs/synthetic.py with TINY_OVERRIDES and `overrides` ("a.b" keys as "a__b")."""
-  sys.path.insert(0, REPO)
-  from configs import common, synthetic  # pylint: disable=g-import-not-at-top
-  return common.set_fields(synthetic.get_config(), {
+  from kd_jax import config_defaults, config_files  # pylint: disable=g-import-not-at-top
+  return config_defaults.set_fields(config_files.shipped("synthetic"), {
       **TINY_OVERRIDES, **{k.replace("__", "."): v for k, v in overrides.items()}})
 
 
