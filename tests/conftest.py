@@ -33,5 +33,7 @@ def mock_tfds(monkeypatch, tmp_path):
   monkeypatch.setattr(tfds.features.Image, "encode_example", encode_png)
   monkeypatch.setattr(mocking, "_getitems", lambda keys, generator, serialized=False:
                       [generator[k] for k in keys])
+  for name in ("cifar10", "cifar100", "imagenet2012"):  # where a TFDS build would be
+    (tmp_path / name).mkdir()
   with tfds.testing.mock_data(num_examples=40):
     yield str(tmp_path)

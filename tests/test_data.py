@@ -195,11 +195,14 @@ def test_worker_processes_build_the_same_batches():
     make(source, augment="imagenet", workers=-1)
 
 
-def test_tfds_missing_data_dir_says_how_to_prepare(tmp_path):
-  with pytest.raises(FileNotFoundError, match="tfds build cifar100 --data_dir="):
+def test_missing_data_says_how_to_prepare_it(tmp_path, monkeypatch):
+  with pytest.raises(FileNotFoundError, match="python -m kd_jax.prepare cifar100 --data_dir="):
     data.load("cifar100", "train", data_dir=str(tmp_path / "absent"))
   with pytest.raises(FileNotFoundError, match="array_record"):
     data.load("cifar10", "test", data_dir=str(tmp_path))  # exists, nothing prepared
+  monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))  # the default data_dir, empty
+  with pytest.raises(FileNotFoundError, match=f"prepare imagenet --data_dir={tmp_path} "):
+    data.load("imagenet2012", "train")
 
 
 # --- augmentation ----------------------------------------------------------------------------
