@@ -1,12 +1,17 @@
 """Bad input fails fast with one line naming the field, its value and what is allowed (exit
 2); the workdir guards (fingerprint, lock) and teacher acceptance; progress on stdout."""
 
+import ast
 import errno
 import fcntl
+import glob
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
+import tomllib
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +24,8 @@ from kd_jax.train import checkpoint as ckpt_lib
 from kd_jax.train import loop, writer
 from kd_jax.train import state as state_lib
 from kd_jax.train import workdir as workdir_lib
+
+TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ")
 
 
 @pytest.mark.parametrize("overrides, expected", [
@@ -49,14 +56,24 @@ def test_prepare_rejects_bad_config(overrides, expected):
   assert expected in str(error.value)
 
 
-def test_unprepared_tfds_data_says_how_to_prepare_it(tmp_path):
+def test_unprepared_data_says_how_to_prepare_it(tmp_path):
   config = trainer_util.tiny_config(dataset__name="cifar100", dataset__data_dir=str(tmp_path))
   config.dataset.options = {}
   with pytest.raises(ValueError) as error:
     pipeline.prepare(config)
   message = str(error.value)
   assert "\n" not in message and "is not prepared" in message
-  assert f"tfds build cifar100 --data_dir={tmp_path}" in message
+  assert f"python -m kd_jax.prepare cifar100 --data_dir={tmp_path} " in message
+
+
+def test_cli_cifar100_with_an_empty_data_dir_is_one_line(tmp_path):
+  (tmp_path / "data").mkdir()
+  result = subprocess.run(
+      [sys.executable, "-m", "kd_jax.main", "--config=cifar100", f"--workdir={tmp_path / 'w'}",
+       f"--config.dataset.data_dir={tmp_path / 'data'}"], cwd=tmp_path, env=trainer_util.env(),
+      capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr[-3000:]
+  assert "python -m kd_jax.prepare cifar100" in _one_error_line(result)
 
 
 def _teacher_run(tmp_path, **overrides):
@@ -141,11 +158,182 @@ def test_cli_config_with_a_syntax_error_and_garbage_pth(tmp_path):
   assert f"teacher.checkpoint='{garbage}' is not allowed: cannot be read" in line
 
 
-def test_cli_help_lists_exit_codes():
+def test_cli_help_exits_0_with_configs_keys_fields_and_exit_codes():
   result = subprocess.run([sys.executable, "-m", "kd_jax.main", "--help"], cwd=trainer_util.REPO,
                           env=trainer_util.env(), capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-3000:]
   for code in ("0  done", "2  bad input", "3  the loss"):
     assert code in result.stdout
+  assert "  cifar100               CIFAR-100, the RepDistiller" in result.stdout  # shipped
+  assert "  seed         int    sets seed" in result.stdout  # config argument keys and types
+  assert "  --config.student.method.temperature=4.0  (float)" in result.stdout  # defaults
+  assert "  --config.precision=None  (str)" in result.stdout  # typed placeholder
+
+
+def _parse(argv):
+  """`main.parse_command` in this process on fresh flags: (config, exit code, stdout, stderr)."""
+  import contextlib  # pylint: disable=g-import-not-at-top
+  import io  # pylint: disable=g-import-not-at-top
+
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  from kd_jax import main  # pylint: disable=g-import-not-at-top
+  out, err, config, code = io.StringIO(), io.StringIO(), None, None
+  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    try:
+      config, _ = main.parse_command(["kd_jax.main", *argv], flags.FlagValues())
+    except SystemExit as exit_:
+      code = exit_.code
+  return config, code, out.getvalue(), err.getvalue()
+
+
+def test_help_of_a_config_shows_its_values_and_helpfull_the_absl_flags():
+  config, code, out, _ = _parse(["--config=mnist1d:method=lr_ds", "--help"])
+  assert code == 0 and config is None
+  assert "Config fields of --config=mnist1d:method=lr_ds" in out
+  assert "--config.student.method.name='lr_ds'  (str)" in out
+  assert "--config.dataset.name='mnist1d'  (str)" in out
+  _, code, out, _ = _parse(["--helpfull"])
+  assert code == 0 and "--verbosity:" in out and "--config.seed=0  (int)" in out
+
+
+@pytest.mark.parametrize("argv, expected", [
+    ([], "--config is required: --config=NAME (shipped: cifar10, cifar100"),
+    (["--config"], "--config needs a value"),
+    (["--config=cifar1000"], "'cifar1000' is not a shipped config (did you mean cifar100?)"),
+    (["--config=mnist1d:lr_ds"], "'lr_ds' is not key=value (did you mean method=lr_ds?)"),
+    (["--config=mnist1d:seed=abc"], "seed='abc' is not allowed: seed (seed) takes an integer"),
+    (["--config=mnist1d:foo=1"], "key 'foo' is unknown; keys: method (str: student.method.name)"),
+    (["--config=mnist1d", "--config.seed=abc"], "--config.seed=abc"),
+    (["--config=mnist1d", "--config.studnt.model=x"],
+     "the config has no field 'studnt' (did you mean student?)"),
+    (["--config=mnist1d", "--config.dataset.options.foo=1"], "dataset.options has no field"),
+    (["--config=synthetic", "--config.dataset.options.dims=1"],
+     "(did you mean dataset.options.dim?); its fields: correlation, dim,"),
+    (["--config=mnist1d", "--config.student.model.x=1"], "it is a value, not a block"),
+    (["--config=mnist1d", "--config.student=3"], "--config.student=3"),
+    (["--config=mnist1d", "--no_such_flag=1"], "no_such_flag"),
+])
+def test_bad_config_arguments_and_fields_are_one_line(argv, expected):
+  config, code, _, err = _parse(["--workdir=/tmp/unused", *argv])
+  assert code == 2 and config is None
+  assert err.count("\n") == 1 and err.startswith("kd_jax: ") and "Traceback" not in err, err
+  assert expected in err, err
+
+
+def _example_commands() -> list[tuple[str, str]]:
+  """(where, command) of every `python -m kd_jax.main` / `kd-jax` / `python -m
+  kd_jax.prepare` example in README.md, the configs' docstrings and --help (kd_jax.main's
+  and kd_jax.prepare's docstrings), continuation lines joined, comments dropped, optional
+  `[...]` parts kept (without the brackets)."""
+  from kd_jax import main, prepare  # pylint: disable=g-import-not-at-top
+  sources = {"kd_jax/main.py --help": main.__doc__, "kd_jax/prepare.py --help": prepare.__doc__}
+  with open(os.path.join(trainer_util.REPO, "README.md")) as f:
+    sources["README.md"] = f.read()
+  for path in sorted(glob.glob(os.path.join(trainer_util.REPO, "configs", "*.py"))):
+    with open(path) as f:
+      sources[os.path.relpath(path, trainer_util.REPO)] = ast.get_docstring(
+          ast.parse(f.read())) or ""
+  found = []
+  for where, text in sources.items():
+    for line in text.replace("\\\n", " ").splitlines():
+      match = re.search(r"(python -m kd_jax\.(main|prepare)|kd-jax)\s[^`]*", line)
+      if match:
+        command = re.split(r"\s(?:&&|;|\||#)\s?", match.group(0))[0]
+        found.append((where, command.replace("[", "").replace("]", "").strip()))
+  return found
+
+
+EXAMPLES = _example_commands()
+
+
+def test_examples_are_found():
+  where = {w for w, _ in EXAMPLES}
+  assert {"README.md", "kd_jax/main.py --help", "kd_jax/prepare.py --help",
+          "configs/cifar100.py", "configs/quickstart.py"} <= where
+  assert any("kd-jax " in command for _, command in EXAMPLES)
+
+
+@pytest.mark.parametrize("where, command", EXAMPLES, ids=[f"{w}: {c}" for w, c in EXAMPLES])
+def test_every_example_command_parses(where, command, monkeypatch):
+  """Each example's flags parse (config, config argument, --config.FIELD overrides) from
+  the repository root, as the README's commands run; `--help` examples exit 0."""
+  monkeypatch.chdir(trainer_util.REPO)
+  words = shlex.split(command)
+  helps = "--help" in words
+  if "kd_jax.prepare" in command:
+    from kd_jax import prepare  # pylint: disable=g-import-not-at-top
+    try:
+      prepare.parse_args(words[3:])  # argparse exits 2 on a bad example
+    except SystemExit as exit_:
+      assert helps and exit_.code == 0, f"{where}: {command}"
+    return
+  args = words[1:] if words[0] == "kd-jax" else words[3:]
+  config, code, out, err = _parse(args)
+  if helps:
+    assert code == 0 and "Exit codes:" in out, f"{where}: {command}\n{err}"
+    return
+  assert code is None and config is not None, f"{where}: {command}\n{err}"
+  assert any(arg.startswith("--workdir") for arg in args), f"{where}: {command} has no --workdir"
+
+
+def test_quickstart_runs_as_a_copy_in_another_directory(tmp_path):
+  """A copy of the quick start's config file in an empty directory, run from there (one
+  epoch: the full run is among the slow tests; test_configs checks that the copy is the
+  shipped config)."""
+  shutil.copy(os.path.join(trainer_util.REPO, "configs", "quickstart.py"), tmp_path)
+  result = subprocess.run(
+      [sys.executable, "-m", "kd_jax.main", "--config=quickstart.py", "--workdir=run",
+       "--config.num_epochs=1"], cwd=tmp_path, env=trainer_util.env(), capture_output=True,
+      text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "kd_jax: student cnn1d_small: test accuracy" in result.stdout
+  assert trainer_util.read_summary(tmp_path / "run")["student"]["num_epochs"] == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where, command", EXAMPLES, ids=[f"{w}: {c}" for w, c in EXAMPLES])
+def test_small_example_commands_run(where, command, tmp_path):
+  """Every example on offline data runs to the end as written (its workdir replaced)."""
+  words = shlex.split(command)
+  if "kd_jax.prepare" in command:
+    pytest.skip("prepare examples need the original archives")
+  config, _, _, _ = _parse(words[1:] if words[0] == "kd-jax" else words[3:])
+  if config.dataset.name not in ("mnist1d", "digits", "synthetic"):
+    pytest.skip(f"{config.dataset.name} is not offline data")
+  words = [w for w in words if not w.startswith("--workdir")]
+  args = words[1:] if words[0] == "kd-jax" else words[3:]
+  result = subprocess.run([sys.executable, "-m", "kd_jax.main", *args,
+                           f"--workdir={tmp_path}"], cwd=trainer_util.REPO,
+                          env=trainer_util.env(), capture_output=True, text=True, timeout=1800)
+  assert result.returncode == 0, f"{where}: {command}\n{result.stderr[-3000:]}"
+
+
+def test_console_script_entry_point_runs_the_cli():
+  """`kd-jax` is `kd_jax.__main__:run` (pyproject.toml), the same command line."""
+  with open(os.path.join(trainer_util.REPO, "pyproject.toml"), "rb") as f:
+    scripts = tomllib.load(f)["project"]["scripts"]
+  assert scripts == {"kd-jax": "kd_jax.__main__:run"}
+  result = subprocess.run([sys.executable, "-m", "kd_jax", "--config=quickstart", "--help"],
+                          cwd=trainer_util.REPO, env=trainer_util.env(), capture_output=True,
+                          text=True, timeout=120)
+  assert result.returncode == 0 and "Config fields of --config=quickstart" in result.stdout
+
+
+def test_missing_torch_extra_for_a_pth_teacher_is_one_line(tmp_path):
+  """A .pth teacher without torch installed: one line naming the extra, exit 2, nothing
+  trained (torch is hidden from the subprocess)."""
+  pth = tmp_path / "teacher.pth"
+  pth.write_bytes(b"\0" * 64)
+  args = trainer_util.cli_args(tmp_path / "run", teacher__checkpoint=pth)[3:]
+  script = ("import runpy, sys; sys.modules['torch'] = None; "
+            f"sys.argv = ['kd_jax.main', *{args!r}]; "
+            "runpy.run_module('kd_jax.main', run_name='__main__', alter_sys=True)")
+  result = subprocess.run([sys.executable, "-c", script], cwd=trainer_util.REPO,
+                          env=trainer_util.env(), capture_output=True, text=True, timeout=180)
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert "pip install 'kd_jax[torch]'" in _one_error_line(result)
+  assert not (tmp_path / "run" / "student").exists()
 
 
 def test_cli_workdir_that_cannot_be_written(tmp_path):
@@ -259,14 +447,17 @@ def test_nonfinite_weights_are_never_saved(tmp_path):
 
 def test_progress_lines_when_stdout_is_a_file(tmp_path):
   """Under nohup or a scheduler (stdout redirected to a file), every log_every_steps and
-  every epoch end prints a line, teacher and student alike."""
+  every epoch end prints a line, teacher and student alike, each starting with the time."""
   log = tmp_path / "log.txt"
   with open(log, "w") as out:
     result = subprocess.run(trainer_util.cli_args(tmp_path / "run"), cwd=trainer_util.REPO,
-                            env=trainer_util.env(), stdout=out, stderr=subprocess.STDOUT,
+                            env=trainer_util.env(), stdout=out, stderr=subprocess.PIPE,
                             timeout=300)
   assert result.returncode == 0
-  lines = log.read_text().splitlines()
+  stamped = [TIMESTAMP.match(line) for line in log.read_text().splitlines()]
+  assert all(stamped), [line for line, m in zip(log.read_text().splitlines(), stamped) if not m]
+  lines = [line[match.end():] for line, match in zip(log.read_text().splitlines(), stamped)]
+  assert any(line.startswith("kd_jax: student") for line in lines)
   for stage in ("teacher", "student"):
     train_steps = [int(line.split()[2]) for line in lines
                    if line.startswith(f"{stage} step") and " train:" in line]

@@ -7,6 +7,10 @@ On resume from the checkpoint at step s, records after s (written by the interru
 after its last checkpoint) are dropped from metrics.jsonl and TensorBoard purges them, so a
 resumed run's records equal an uninterrupted run's. Only the primary process writes.
 
+`TimestampedLines` wraps a text stream so that every line starts with the local time
+(`2026-12-07 14:03:12 student step 1200 ...`); the command line wraps stdout with it, so the
+writer's lines and every `kd_jax:` progress line say when they were printed.
+
 `MetricSums` keeps the host-side running sums of the steps' metrics behind those records.
 `Progress` measures steps/s, images/s and the ETA over the time spent training (CLU's
 `ReportProgress` idea without its TensorFlow writers); `with progress.paused():` excludes
@@ -68,6 +72,28 @@ class MetricsWriter:
   def close(self) -> None:
     if self.tensorboard is not None:
       self.tensorboard.close()
+
+
+class TimestampedLines:
+  """A text stream that starts every line it writes with `YYYY-MM-DD HH:MM:SS ` (local time,
+  taken when the line's first character is written); everything else goes to `stream`."""
+
+  def __init__(self, stream):
+    self._stream = stream
+    self._at_line_start = True
+
+  def write(self, text: str) -> int:
+    out = []
+    for piece in text.splitlines(keepends=True):
+      if self._at_line_start:
+        out.append(time.strftime("%Y-%m-%d %H:%M:%S "))
+      out.append(piece)
+      self._at_line_start = piece.endswith(("\n", "\r"))
+    self._stream.write("".join(out))
+    return len(text)
+
+  def __getattr__(self, name):  # flush, fileno, isatty, encoding, ...
+    return getattr(self._stream, name)
 
 
 def _keep_records_until(path: str, resume_step: int | None) -> None:
