@@ -178,7 +178,9 @@ def test_dtype_option_computes_in_bfloat16():
   x = jnp.zeros((1, 32, 32, 3))
   variables = model.init(jax.random.key(0), x)
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables["params"]))
-  assert model.apply(variables, x).dtype == jnp.bfloat16
+  logits, features = model.apply(variables, x, return_features=True)
+  assert features.dtype == jnp.bfloat16  # activations in the compute dtype
+  assert logits.dtype == jnp.float32  # the classifier accumulates in float32 (layers.linear)
 
 
 def test_resnet_cifar_needs_6n_plus_2_depth():

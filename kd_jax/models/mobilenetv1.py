@@ -34,6 +34,7 @@ class MobileNetV1(nn.Module):
   """ImageNet MobileNetV1 (width 1.0)."""
   num_classes: int = 1000
   dtype: Any = jnp.float32
+  precision: layers.Precision = None
 
   @nn.compact
   def __call__(self, x, train=False, return_features=False):
@@ -42,6 +43,7 @@ class MobileNetV1(nn.Module):
     def conv_bn_relu(x, features, kernel, stride, groups, block, position):
       # torch: model.{block}.{position} is the conv, model.{block}.{position + 1} its BN.
       x = layers.conv(features, kernel, stride, kernel // 2, groups=groups, dtype=self.dtype,
+                      precision=self.precision,
                       kernel_init=layers.linear_init, name=f"model_{block}_{position}")(x)
       return nn.relu(layers.batch_norm(train, f"model_{block}_{position + 1}", self.dtype)(x))
 
@@ -51,12 +53,13 @@ class MobileNetV1(nn.Module):
       x = conv_bn_relu(x, channels, 3, stride, channels, block, 0)  # depthwise
       x = conv_bn_relu(x, features, 1, 1, 1, block, 3)  # pointwise
     features = layers.global_avg_pool(x)
-    logits = layers.linear(self.num_classes, "classifier", self.dtype)(features)
+    logits = layers.linear(self.num_classes, "classifier", self.dtype,
+                           precision=self.precision)(features)
     return (logits, features) if return_features else logits
 
 
 @register("MobileNetV1", input_kind="image", torch_classifier="fc", input_shape=(224, 224, 3))
 def mobilenetv1(num_classes: int, **options) -> nn.Module:
-  """mdistiller's ImageNet MobileNetV1; options: dtype."""
+  """mdistiller's ImageNet MobileNetV1; options: dtype, precision."""
   return MobileNetV1(num_classes, **options)
 

@@ -30,8 +30,9 @@ from kd_jax.models.registry import register
 _classifier_init = nn.initializers.normal(stddev=0.01)
 
 
-def _conv(features, kernel, stride=1, groups=1, *, dtype, name):
-  return layers.conv(features, kernel, stride, kernel // 2, groups=groups, dtype=dtype, name=name)
+def _conv(features, kernel, stride=1, groups=1, *, dtype, name, precision=None):
+  return layers.conv(features, kernel, stride, kernel // 2, groups=groups, dtype=dtype, name=name,
+                     precision=precision)
 
 
 class InvertedResidual(nn.Module):
@@ -43,12 +44,13 @@ class InvertedResidual(nn.Module):
   stride: int
   expand_ratio: int
   dtype: Any = jnp.float32
+  precision: layers.Precision = None
 
   @nn.compact
   def __call__(self, x, train=False):
     in_features = x.shape[-1]
     hidden = in_features * self.expand_ratio
-    conv = functools.partial(_conv, dtype=self.dtype)
+    conv = functools.partial(_conv, dtype=self.dtype, precision=self.precision)
     bn = functools.partial(layers.batch_norm, train, dtype=self.dtype)
     y = nn.relu(bn(name="conv_1")(conv(hidden, 1, name="conv_0")(x)))
     y = conv(hidden, 3, self.stride, groups=hidden, name="conv_3")(y)
@@ -71,6 +73,7 @@ class MobileNetV2(nn.Module):
   expand_ratio: int = 6
   width_mult: float = 0.5
   dtype: Any = jnp.float32
+  precision: layers.Precision = None
 
   @nn.compact
   def __call__(self, x, train=False, return_features=False):
@@ -79,23 +82,25 @@ class MobileNetV2(nn.Module):
     # (expansion, channels, blocks, first stride) per stage.
     setting = [(1, 16, 1, 1), (t, 24, 2, 1), (t, 32, 3, 2), (t, 64, 4, 2), (t, 96, 3, 1),
                (t, 160, 3, 2), (t, 320, 1, 1)]
-    conv = functools.partial(_conv, dtype=self.dtype)
+    conv = functools.partial(_conv, dtype=self.dtype, precision=self.precision)
     bn = functools.partial(layers.batch_norm, train, dtype=self.dtype)
     x = nn.relu(bn(name="conv1_1")(conv(int(32 * w), 3, 2, name="conv1_0")(x)))
     for i, (expand, channels, blocks, stride) in enumerate(setting):
       for j in range(blocks):
         x = InvertedResidual(int(channels * w), stride if j == 0 else 1, expand,
-                             dtype=self.dtype, name=f"blocks_{i}_{j}")(x, train)
+                             dtype=self.dtype, precision=self.precision,
+                             name=f"blocks_{i}_{j}")(x, train)
     last = int(1280 * w) if w > 1.0 else 1280
     x = nn.relu(bn(name="conv2_1")(conv(last, 1, name="conv2_0")(x)))
     features = layers.global_avg_pool(x)
     logits = layers.linear(self.num_classes, "classifier", self.dtype,
-                           kernel_init=_classifier_init)(features)
+                           kernel_init=_classifier_init, precision=self.precision)(features)
     return (logits, features) if return_features else logits
 
 
 @register("MobileNetV2", input_kind="image", torch_classifier="classifier.0")
 def mobilenetv2(num_classes: int, **options) -> nn.Module:
-  """RepDistiller's `mobile_half` (T=6, W=0.5); options: expand_ratio, width_mult, dtype."""
+  """RepDistiller's `mobile_half` (T=6, W=0.5); options: expand_ratio, width_mult, dtype,
+  precision."""
   return MobileNetV2(num_classes, **options)
 

@@ -26,10 +26,11 @@ class BasicBlock(nn.Module):
   planes: int
   stride: int = 1
   dtype: layers.Dtype = jnp.float32
+  precision: layers.Precision = None
 
   @nn.compact
   def __call__(self, x, train: bool):
-    conv = functools.partial(layers.conv, dtype=self.dtype)
+    conv = functools.partial(layers.conv, dtype=self.dtype, precision=self.precision)
     bn = functools.partial(layers.batch_norm, train, dtype=self.dtype)
     out = nn.relu(bn(name="bn1")(conv(self.planes, 3, self.stride, 1, name="conv1")(x)))
     out = bn(name="bn2")(conv(self.planes, 3, 1, 1, name="conv2")(out))
@@ -45,20 +46,23 @@ class ResNet(nn.Module):
   depth: int
   num_filters: Sequence[int]
   dtype: layers.Dtype = jnp.float32
+  precision: layers.Precision = None
 
   @nn.compact
   def __call__(self, x, train: bool = False, return_features: bool = False):
     if (self.depth - 2) % 6:
       raise ValueError(f"depth={self.depth} must be 6n + 2 for BasicBlock ResNets")
     n = (self.depth - 2) // 6
-    x = layers.conv(self.num_filters[0], 3, 1, 1, name="conv1", dtype=self.dtype)(x)
+    x = layers.conv(self.num_filters[0], 3, 1, 1, name="conv1", dtype=self.dtype,
+                    precision=self.precision)(x)
     x = nn.relu(layers.batch_norm(train, name="bn1", dtype=self.dtype)(x))
     for stage, (planes, stride) in enumerate(zip(self.num_filters[1:], (1, 2, 2))):
       for i in range(n):
-        x = BasicBlock(planes, stride if i == 0 else 1, self.dtype,
+        x = BasicBlock(planes, stride if i == 0 else 1, self.dtype, self.precision,
                        name=f"layer{stage + 1}_{i}")(x, train)
     features = layers.flatten(layers.avg_pool(x, 8))  # nn.AvgPool2d(8): 8x8 -> 1x1 at 32x32
-    logits = layers.linear(self.num_classes, name="classifier", dtype=self.dtype)(features)
+    logits = layers.linear(self.num_classes, name="classifier", dtype=self.dtype,
+                           precision=self.precision)(features)
     return (logits, features) if return_features else logits
 
 

@@ -34,10 +34,11 @@ class Bottleneck(nn.Module):
   stride: int = 1
   shortcut_name: str = "downsample"
   dtype: layers.Dtype = jnp.float32
+  precision: layers.Precision = None
 
   @nn.compact
   def __call__(self, x, train: bool):
-    conv = functools.partial(layers.conv, dtype=self.dtype)
+    conv = functools.partial(layers.conv, dtype=self.dtype, precision=self.precision)
     bn = functools.partial(layers.batch_norm, train, dtype=self.dtype)
     out = nn.relu(bn(name="bn1")(conv(self.planes, 1, name="conv1")(x)))
     out = nn.relu(bn(name="bn2")(conv(self.planes, 3, self.stride, 1, name="conv2")(out)))
@@ -55,13 +56,14 @@ class ResNet(nn.Module):
   bottleneck: bool
   imagenet_stem: bool = True
   dtype: layers.Dtype = jnp.float32
+  precision: layers.Precision = None
 
   @nn.compact
   def __call__(self, x, train: bool = False, return_features: bool = False):
     if self.imagenet_stem:
-      x = layers.conv(64, 7, 2, 3, name="conv1", dtype=self.dtype)(x)
+      x = layers.conv(64, 7, 2, 3, name="conv1", dtype=self.dtype, precision=self.precision)(x)
     else:
-      x = layers.conv(64, 3, 1, 1, name="conv1", dtype=self.dtype)(x)
+      x = layers.conv(64, 3, 1, 1, name="conv1", dtype=self.dtype, precision=self.precision)(x)
     x = nn.relu(layers.batch_norm(train, name="bn1", dtype=self.dtype)(x))
     if self.imagenet_stem:
       x = layers.max_pool(x, 3, 2, 1)
@@ -71,11 +73,13 @@ class ResNet(nn.Module):
         name = f"layer{stage + 1}_{i}"
         if self.bottleneck:
           shortcut = "downsample" if self.imagenet_stem else "shortcut"
-          x = Bottleneck(planes, stride, shortcut, self.dtype, name=name)(x, train)
+          x = Bottleneck(planes, stride, shortcut, self.dtype, self.precision,
+                         name=name)(x, train)
         else:
-          x = BasicBlock(planes, stride, self.dtype, name=name)(x, train)
+          x = BasicBlock(planes, stride, self.dtype, self.precision, name=name)(x, train)
     features = layers.global_avg_pool(x)
-    logits = layers.linear(self.num_classes, name="classifier", dtype=self.dtype)(features)
+    logits = layers.linear(self.num_classes, name="classifier", dtype=self.dtype,
+                           precision=self.precision)(features)
     return (logits, features) if return_features else logits
 
 

@@ -32,9 +32,9 @@ from kd_jax.models.registry import register
 # (layers.linear_init is that same rule), BN scale 1 / bias 0; the classifier is layers.linear.
 
 
-def _conv(features, kernel, stride=1, groups=1, *, dtype, name):
+def _conv(features, kernel, stride=1, groups=1, *, dtype, name, precision=None):
   return layers.conv(features, kernel, stride, kernel // 2, groups=groups, dtype=dtype, name=name,
-                     kernel_init=layers.linear_init)
+                     kernel_init=layers.linear_init, precision=precision)
 
 
 def channel_shuffle(x: jax.Array, groups: int) -> jax.Array:
@@ -63,20 +63,20 @@ class ShuffleV1Unit(nn.Module):
   stride: int
   groups: int
   dtype: Any = jnp.float32
+  precision: layers.Precision = None
 
   @nn.compact
   def __call__(self, x, train=False):
     mid = int(self.features / 4)
     first_groups = 1 if x.shape[-1] == 24 else self.groups  # the 24-channel stem is not grouped
-    conv = functools.partial(_conv, dtype=self.dtype)
+    conv = functools.partial(_conv, dtype=self.dtype, precision=self.precision)
     bn = functools.partial(layers.batch_norm, train, dtype=self.dtype)
     y = nn.relu(bn(name="bn1")(conv(mid, 1, groups=first_groups, name="conv1")(x)))
     y = channel_shuffle(y, first_groups)
     y = nn.relu(bn(name="bn2")(conv(mid, 3, self.stride, groups=mid, name="conv2")(y)))
     y = bn(name="bn3")(conv(self.features, 1, groups=self.groups, name="conv3")(y))
     if self.stride == 2:
-      shortcut = nn.avg_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)),
-                             count_include_pad=True)
+      shortcut = layers.avg_pool(x, 3, 2, padding=1)
       return nn.relu(jnp.concatenate([y, shortcut], axis=-1))
     return nn.relu(y + x)
 
@@ -88,19 +88,22 @@ class ShuffleV1(nn.Module):
   num_blocks: Sequence[int] = (4, 8, 4)
   groups: int = 3
   dtype: Any = jnp.float32
+  precision: layers.Precision = None
 
   @nn.compact
   def __call__(self, x, train=False, return_features=False):
     """x: [B, H, W, 3] (H, W multiples of 8) -> logits [B, C] (or (logits, [B, 960]))."""
-    x = _conv(24, 1, dtype=self.dtype, name="conv1")(x)
+    x = _conv(24, 1, dtype=self.dtype, precision=self.precision, name="conv1")(x)
     x = nn.relu(layers.batch_norm(train, "bn1", self.dtype)(x))
     for stage, (planes, blocks) in enumerate(zip(self.out_planes, self.num_blocks)):
       for j in range(blocks):
         features = planes - x.shape[-1] if j == 0 else planes
         x = ShuffleV1Unit(features, 2 if j == 0 else 1, self.groups, dtype=self.dtype,
+                          precision=self.precision,
                           name=f"layer{stage + 1}_{j}")(x, train)
     features = layers.global_avg_pool(x)
-    logits = layers.linear(self.num_classes, "classifier", self.dtype)(features)
+    logits = layers.linear(self.num_classes, "classifier", self.dtype,
+                           precision=self.precision)(features)
     return (logits, features) if return_features else logits
 
 
@@ -108,12 +111,13 @@ class ShuffleV2Unit(nn.Module):
   """torch `BasicBlock`: split channels in halves (x1, x2), x2 -> 1x1 -> 3x3 dw -> 1x1,
   concatenate [x1, x2'] and shuffle with 2 groups."""
   dtype: Any = jnp.float32
+  precision: layers.Precision = None
 
   @nn.compact
   def __call__(self, x, train=False):
     half = int(x.shape[-1] * 0.5)
     x1, x2 = x[..., :half], x[..., half:]
-    conv = functools.partial(_conv, dtype=self.dtype)
+    conv = functools.partial(_conv, dtype=self.dtype, precision=self.precision)
     bn = functools.partial(layers.batch_norm, train, dtype=self.dtype)
     y = nn.relu(bn(name="bn1")(conv(half, 1, name="conv1")(x2)))
     y = bn(name="bn2")(conv(half, 3, groups=half, name="conv2")(y))
@@ -125,11 +129,12 @@ class ShuffleV2Down(nn.Module):
   """torch `DownBlock`: two stride-2 branches of `features // 2` channels, concat, shuffle."""
   features: int
   dtype: Any = jnp.float32
+  precision: layers.Precision = None
 
   @nn.compact
   def __call__(self, x, train=False):
     channels, mid = x.shape[-1], self.features // 2
-    conv = functools.partial(_conv, dtype=self.dtype)
+    conv = functools.partial(_conv, dtype=self.dtype, precision=self.precision)
     bn = functools.partial(layers.batch_norm, train, dtype=self.dtype)
     left = bn(name="bn1")(conv(channels, 3, 2, groups=channels, name="conv1")(x))
     left = nn.relu(bn(name="bn2")(conv(mid, 1, name="conv2")(left)))
@@ -159,27 +164,31 @@ class ShuffleV2(nn.Module):
   out_channels: Sequence[int] = (116, 232, 464, 1024)
   num_blocks: Sequence[int] = (3, 7, 3)
   dtype: Any = jnp.float32
+  precision: layers.Precision = None
 
   @nn.compact
   def __call__(self, x, train=False, return_features=False):
     """x: [B, H, W, 3] (H, W multiples of 8) -> logits [B, C] (or (logits, [B, 1024]))."""
-    conv = functools.partial(_conv, dtype=self.dtype)
+    conv = functools.partial(_conv, dtype=self.dtype, precision=self.precision)
     bn = functools.partial(layers.batch_norm, train, dtype=self.dtype)
     x = nn.relu(bn(name="bn1")(conv(24, 1, name="conv1")(x)))
     for stage in range(3):
-      x = ShuffleV2Down(self.out_channels[stage], dtype=self.dtype,
+      x = ShuffleV2Down(self.out_channels[stage], dtype=self.dtype, precision=self.precision,
                         name=f"layer{stage + 1}_0")(x, train)
       for j in range(self.num_blocks[stage]):
-        x = ShuffleV2Unit(dtype=self.dtype, name=f"layer{stage + 1}_{j + 1}")(x, train)
+        x = ShuffleV2Unit(dtype=self.dtype, precision=self.precision,
+                          name=f"layer{stage + 1}_{j + 1}")(x, train)
     x = nn.relu(bn(name="bn2")(conv(self.out_channels[3], 1, name="conv2")(x)))
     features = layers.global_avg_pool(x)
-    logits = layers.linear(self.num_classes, "classifier", self.dtype)(features)
+    logits = layers.linear(self.num_classes, "classifier", self.dtype,
+                           precision=self.precision)(features)
     return (logits, features) if return_features else logits
 
 
 @register("ShuffleV1", input_kind="image", torch_classifier="linear")
 def shufflev1(num_classes: int, **options) -> nn.Module:
-  """RepDistiller's ShuffleV1; options: out_planes, num_blocks, groups, dtype."""
+  """RepDistiller's ShuffleV1; options: out_planes, num_blocks, groups, dtype,
+  precision."""
   return ShuffleV1(num_classes, **options)
 
 

@@ -33,14 +33,17 @@ class MLP(nn.Module):
   num_classes: int
   hidden: Sequence[int] = (256, 256)
   dtype: layers.Dtype = jnp.float32
+  precision: layers.Precision = None
 
   @nn.compact
   def __call__(self, x, train: bool = False, return_features: bool = False):
     del train  # no BatchNorm or dropout
     x = layers.flatten(x)
     for i, width in enumerate(self.hidden):
-      x = nn.relu(layers.linear(width, name=f"fc{i + 1}", dtype=self.dtype)(x))
-    logits = layers.linear(self.num_classes, name="classifier", dtype=self.dtype)(x)
+      x = nn.relu(layers.linear(width, name=f"fc{i + 1}", dtype=self.dtype,
+                                precision=self.precision)(x))
+    logits = layers.linear(self.num_classes, name="classifier", dtype=self.dtype,
+                           precision=self.precision)(x)
     return (logits, x) if return_features else logits
 
 
@@ -51,6 +54,7 @@ class CNN1D(nn.Module):
   hidden: int | None = None  # optional Dense layer between the flatten and the classifier
   use_bn: bool = False
   dtype: layers.Dtype = jnp.float32
+  precision: layers.Precision = None
 
   @nn.compact
   def __call__(self, x, train: bool = False, return_features: bool = False):
@@ -58,14 +62,17 @@ class CNN1D(nn.Module):
       x = x[..., None]
     for i, kernel in enumerate((5, 3, 3)):
       x = layers.conv(self.channels, kernel, stride=2, padding=1, use_bias=not self.use_bn,
-                      spatial_dims=1, name=f"conv{i + 1}", dtype=self.dtype)(x)
+                      spatial_dims=1, name=f"conv{i + 1}", dtype=self.dtype,
+                      precision=self.precision)(x)
       if self.use_bn:
         x = layers.batch_norm(train, name=f"bn{i + 1}", dtype=self.dtype)(x)
       x = nn.relu(x)
     x = layers.flatten(x)
     if self.hidden:
-      x = nn.relu(layers.linear(self.hidden, name="fc1", dtype=self.dtype)(x))
-    logits = layers.linear(self.num_classes, name="classifier", dtype=self.dtype)(x)
+      x = nn.relu(layers.linear(self.hidden, name="fc1", dtype=self.dtype,
+                                precision=self.precision)(x))
+    logits = layers.linear(self.num_classes, name="classifier", dtype=self.dtype,
+                           precision=self.precision)(x)
     return (logits, x) if return_features else logits
 
 
@@ -74,18 +81,22 @@ class DigitsCNN(nn.Module):
   num_classes: int
   large: bool = True
   dtype: layers.Dtype = jnp.float32
+  precision: layers.Precision = None
 
   @nn.compact
   def __call__(self, x, train: bool = False, return_features: bool = False):
     if self.large:
       for i, (width, stride) in enumerate(((32, 1), (64, 2), (128, 2))):  # 8 -> 8 -> 4 -> 2
-        x = layers.conv(width, 3, stride, padding=1, name=f"conv{i + 1}", dtype=self.dtype)(x)
+        x = layers.conv(width, 3, stride, padding=1, name=f"conv{i + 1}", dtype=self.dtype,
+                        precision=self.precision)(x)
         x = nn.relu(layers.batch_norm(train, name=f"bn{i + 1}", dtype=self.dtype)(x))
       x = layers.global_avg_pool(x)
     else:
-      x = layers.conv(8, 3, 1, padding=1, use_bias=True, name="conv1", dtype=self.dtype)(x)
+      x = layers.conv(8, 3, 1, padding=1, use_bias=True, name="conv1", dtype=self.dtype,
+                      precision=self.precision)(x)
       x = layers.flatten(layers.max_pool(nn.relu(x), 2))  # 8x8x8 -> 4x4x8 -> 128
-    logits = layers.linear(self.num_classes, name="classifier", dtype=self.dtype)(x)
+    logits = layers.linear(self.num_classes, name="classifier", dtype=self.dtype,
+                           precision=self.precision)(x)
     return (logits, x) if return_features else logits
 
 

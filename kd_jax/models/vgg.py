@@ -38,6 +38,7 @@ class VGG(nn.Module):
   num_classes: int
   cfg: str
   dtype: layers.Dtype = jnp.float32
+  precision: layers.Precision = None
 
   @nn.compact
   def __call__(self, x, train: bool = False, return_features: bool = False):
@@ -45,12 +46,14 @@ class VGG(nn.Module):
     for b, widths in enumerate(CFG[self.cfg]):
       for j, width in enumerate(widths):
         x = layers.conv(width, 3, 1, 1, use_bias=True, name=f"block{b}_{3 * j}",
-                        kernel_init=layers.conv_init, dtype=self.dtype)(x)
+                        kernel_init=layers.conv_init, dtype=self.dtype,
+                        precision=self.precision)(x)
         x = nn.relu(layers.batch_norm(train, name=f"block{b}_{3 * j + 1}", dtype=self.dtype)(x))
       if b < 3 or (b == 3 and height == 64):
         x = layers.max_pool(x, 2, 2)
     features = layers.global_avg_pool(x)
     logits = layers.linear(self.num_classes, name="classifier", dtype=self.dtype,
+                           precision=self.precision,
                            kernel_init=nn.initializers.normal(0.01))(features)
     return (logits, features) if return_features else logits
 

@@ -25,10 +25,11 @@ class BasicBlock(nn.Module):
   out_planes: int
   stride: int = 1
   dtype: layers.Dtype = jnp.float32
+  precision: layers.Precision = None
 
   @nn.compact
   def __call__(self, x, train: bool):
-    conv = functools.partial(layers.conv, dtype=self.dtype)
+    conv = functools.partial(layers.conv, dtype=self.dtype, precision=self.precision)
     bn = functools.partial(layers.batch_norm, train, dtype=self.dtype)
     equal_in_out = x.shape[-1] == self.out_planes
     activated = nn.relu(bn(name="bn1")(x))
@@ -45,6 +46,7 @@ class WideResNet(nn.Module):
   depth: int
   widen_factor: int
   dtype: layers.Dtype = jnp.float32
+  precision: layers.Precision = None
 
   @nn.compact
   def __call__(self, x, train: bool = False, return_features: bool = False):
@@ -52,14 +54,15 @@ class WideResNet(nn.Module):
       raise ValueError(f"depth={self.depth} must be 6n + 4 for Wide ResNets")
     n = (self.depth - 4) // 6
     widths = [16 * self.widen_factor, 32 * self.widen_factor, 64 * self.widen_factor]
-    x = layers.conv(16, 3, 1, 1, name="conv1", dtype=self.dtype)(x)
+    x = layers.conv(16, 3, 1, 1, name="conv1", dtype=self.dtype, precision=self.precision)(x)
     for stage, (width, stride) in enumerate(zip(widths, (1, 2, 2))):
       for i in range(n):
-        x = BasicBlock(width, stride if i == 0 else 1, self.dtype,
+        x = BasicBlock(width, stride if i == 0 else 1, self.dtype, self.precision,
                        name=f"block{stage + 1}_layer_{i}")(x, train)
     x = nn.relu(layers.batch_norm(train, name="bn1", dtype=self.dtype)(x))
     features = layers.flatten(layers.avg_pool(x, 8))  # F.avg_pool2d(out, 8)
-    logits = layers.linear(self.num_classes, name="classifier", dtype=self.dtype)(features)
+    logits = layers.linear(self.num_classes, name="classifier", dtype=self.dtype,
+                           precision=self.precision)(features)
     return (logits, features) if return_features else logits
 
 

@@ -134,8 +134,8 @@ def train(config, workdir: str, *, teacher=None, data: splits.Data | None = None
 
     # Setup: data order, model, optimizer, the teacher's slot, data selection.
     seed = stage_lib.stage_seed(config.seed, stage)
-    model = models.create(config.model, info.num_classes,
-                          dtype=state_lib.COMPUTE_DTYPES[config.compute_dtype])
+    model = state_lib.with_compute_dtype(models.create(config.model, info.num_classes),
+                                         config.compute_dtype, config.get("precision"))
     loader = stage_lib.training_loader(config, data)
     steps_per_epoch = loader.steps_per_epoch
     total_steps = config.num_epochs * steps_per_epoch

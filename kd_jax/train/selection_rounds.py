@@ -56,6 +56,7 @@ import numpy as np
 
 from kd_jax import methods, selection, targets
 from kd_jax.train import evaluate as eval_lib
+from kd_jax.train import state as state_lib
 
 
 def is_round(selection_config, epoch: int) -> bool:
@@ -111,7 +112,9 @@ class Selector:
                                                                   seed)
     s = config.selection
     self.teacher_features = s.criterion == "influence" and s.model == "teacher"
-    self.teacher_fn = eval_lib.make_eval_fn(teacher.model, with_features=self.teacher_features)
+    teacher_model = state_lib.with_compute_dtype(teacher.model, "float32",
+                                                 config.get("precision"))
+    self.teacher_fn = eval_lib.make_eval_fn(teacher_model, with_features=self.teacher_features)
     self.student_fn = eval_lib.make_eval_fn(student_model, with_features=True)
     self.teacher_train = self.teacher_val = None  # the teacher's predictions, at round 0
 

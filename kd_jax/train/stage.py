@@ -50,6 +50,7 @@ def training_loader(config, data) -> data_lib.Loader:
 
 def live_teacher_fn(config, teacher) -> state_lib.TeacherFn:
   """`teacher_fn(variables, batch) -> float32 logits`: the teacher's eval-mode forward pass
-  in the stage's compute dtype."""
-  model = state_lib.with_compute_dtype(teacher.model, config.compute_dtype)
+  in the stage's compute dtype and precision."""
+  model = state_lib.with_compute_dtype(teacher.model, config.compute_dtype,
+                                       config.get("precision"))
   return state_lib.teacher_forward(model)

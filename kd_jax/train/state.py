@@ -72,18 +72,31 @@ def make_variables(params, batch_stats) -> dict:
   return variables
 
 
-# `compute_dtype` (configs/common.py) -> the models' `dtype` field: the dtype of activations
-# and matmul/conv inputs. Parameters, optimizer state and BatchNorm statistics stay float32
-# (Flax's `param_dtype`, float32 BN statistics), and the step casts logits to float32
-# before any loss.
+# `compute_dtype` (kd_jax/config_defaults.py) -> the models' `dtype` field: the dtype of
+# activations and matmul/conv inputs. Parameters, optimizer state and BatchNorm statistics stay
+# float32 (Flax's `param_dtype`, float32 BN statistics); pooling and Dense layers accumulate in
+# float32 (kd_jax/models/layers.py), and the step casts logits to float32 before any loss.
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# `precision` -> the models' `precision` field (`precision=` of their convs and Dense layers).
+PRECISIONS = (None, "default", "high", "highest")
 
 
-def with_compute_dtype(model: nn.Module, compute_dtype: str) -> nn.Module:
-  """`model` computing in `compute_dtype` ("float32" returns `model` itself)."""
-  if compute_dtype == "float32":
-    return model
-  return model.clone(dtype=COMPUTE_DTYPES[compute_dtype])
+def with_compute_dtype(model: nn.Module, compute_dtype: str, precision: str | None = None
+                       ) -> nn.Module:
+  """`model` computing in `compute_dtype` with its convolutions and matmuls at `precision`
+  (the config's fields; "float32" and None return `model` itself)."""
+  if precision not in PRECISIONS:
+    raise ValueError(f"precision={precision!r} is not allowed: must be one of "
+                     f"{', '.join(map(repr, PRECISIONS))} (None: the backend's default)")
+  fields = {}
+  if compute_dtype != "float32":
+    fields["dtype"] = COMPUTE_DTYPES[compute_dtype]
+  if precision is not None:
+    if not hasattr(model, "precision"):
+      raise ValueError(f"precision={precision!r} is not allowed: model "
+                       f"{type(model).__name__} has no precision field; use None")
+    fields["precision"] = precision
+  return model.clone(**fields) if fields else model
 
 
 def teacher_forward(model: nn.Module) -> TeacherFn:
