@@ -70,3 +70,25 @@ def test_notebook_runs_top_to_bottom(path, monkeypatch):
   outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
   assert not [o for o in outputs if o.output_type == "error"]
   assert any("image/png" in o.get("data", {}) for o in outputs), "no plot was drawn"
+
+
+def test_colab_notebook_needs_no_tensorflow_and_installs_the_pins():
+  """The Colab TPU notebook prepares its data with kd_jax.prepare (no TensorFlow on Colab's
+  TPU runtimes), installs requirements.txt's pins plus jax[tpu] of the pinned version,
+  copies the data to the VM's disk, keeps work directories on Drive, downloads its teacher
+  atomically and names only the TPU runtimes Colab offers."""
+  cells = _load(os.path.join(REPO, "notebooks", "cifar100_colab_tpu.ipynb"))["cells"]
+  code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+  text = "\n".join("".join(c["source"]) for c in cells)
+  for tensorflow_step in ("tfds build", "import tensorflow", "pip install tensorflow",
+                          "download_and_prepare", "tensorflow_datasets"):
+    assert tensorflow_step not in code, tensorflow_step
+  assert "-m kd_jax.prepare cifar100" in code
+  assert '-r requirements.txt ".[train]"' in code and 'jax[{JAX_EXTRA}]=={jax_version}' in code
+  assert 'JAX_EXTRA = "tpu"' in code and "pinned_jax_version(" in code
+  with open(os.path.join(REPO, "requirements.txt")) as f:
+    assert "\njax==" in f.read()  # the pin the install cell reads
+  assert 'LOCAL_DATA = os.path.join(SCRATCH, "local_data") if SMALL else "/content/data"' in code
+  assert 'WORKDIR = os.path.join(DRIVE_DIR if IN_COLAB' in code  # work directories on Drive
+  assert 'path + ".partial"' in code and "os.replace(path + \".partial\", path)" in code
+  assert "v3-8" not in text and all(runtime in text for runtime in ("v2-8", "v5e-1", "v6e-1"))
