@@ -76,8 +76,9 @@ def test_core_install_runs_the_losses_without_the_trainer(tmp_path):
   source.mkdir()
   for name in ("pyproject.toml", "README.md"):
     shutil.copy(os.path.join(REPO, name), source / name)
-  shutil.copytree(os.path.join(REPO, "kd_jax"), source / "kd_jax",
-                  ignore=shutil.ignore_patterns("__pycache__"))
+  for package in ("kd_jax", "configs"):  # configs/ is installed as kd_jax/configs
+    shutil.copytree(os.path.join(REPO, package), source / package,
+                    ignore=shutil.ignore_patterns("__pycache__"))
   venv = tmp_path / "venv"
   _run([sys.executable, "-m", "venv", str(venv)])
   python = str(venv / "bin" / "python")
