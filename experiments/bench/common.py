@@ -1,4 +1,4 @@
-"""Helpers shared by the kd_jax-vs-PyTorch benchmarks (bench_losses.py, bench_step.py).
+"""Helpers shared by the kd_jax-vs-PyTorch benchmarks (losses.py, step.py, ...).
 
 Fair comparisons on a shared machine: both frameworks get the same number of CPU threads
 (the XLA CPU client sizes its intra-op pool to the CPUs this process may run on, so torch is
@@ -20,8 +20,8 @@ import jax
 import torch
 
 # The repository root, so `kd_jax` and `tests.torch_reference` import from this checkout
-# when the script is run as `python experiments/bench_*.py` without PYTHONPATH.
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# when the script is run as `python experiments/bench/<name>.py` without PYTHONPATH.
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if _ROOT not in sys.path:
   sys.path.insert(0, _ROOT)
 

@@ -1,6 +1,6 @@
 """Profile: where a student's training step spends its time, convolution by convolution.
 
-  PYTHONPATH=. python experiments/bench_convs.py [--models wrn_16_2,resnet8x4] [--batch 64]
+  PYTHONPATH=. python experiments/bench/convs.py [--models wrn_16_2,resnet8x4] [--batch 64]
       [--rounds 5] [--block-s 0.2] [--device auto|cpu|gpu] [--threads N] [--quick]
 
 Issue 12 asks, where kd_jax's raw KD step is slower than PyTorch's on a CPU, for a profile that
@@ -30,7 +30,7 @@ import collections
 import functools
 import time
 
-import bench_common as common
+import common
 import jax
 import jax.numpy as jnp
 import numpy as np

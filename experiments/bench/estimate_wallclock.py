@@ -1,9 +1,9 @@
 r"""Paper-scale wall-clock ESTIMATES from XLA's FLOP count of the real KD step (no accelerator).
 
-  python experiments/estimate_wallclock.py --out=experiments/results/wallclock_estimate
+  python experiments/bench/estimate_wallclock.py --out=experiments/results/bench/wallclock_estimate
 
 For every teacher -> student pair of experiments/PAPER_SCALE.md, the KD train step of
-experiments/bench_step.py (teacher forward, student forward + backward, SGD update) is traced
+experiments/bench/step.py (teacher forward, student forward + backward, SGD update) is traced
 and lowered at the protocol's input size and global batch, without running it, and XLA's cost
 analysis counts its FLOPs. Then, per device,
 
@@ -11,7 +11,7 @@ analysis counts its FLOPs. Then, per device,
 
 with utilisation 0.4 (issue 12's target for a large batch on a GPU; `--utilisation`). This is
 an estimate of a compute-bound step, NOT a measurement: no GPU or TPU step has been timed for
-these models (`python experiments/bench_step.py --device gpu` does that where one exists).
+these models (`python experiments/bench/step.py --device gpu` does that where one exists).
 At CIFAR's batch 64 the step does well under a TFLOP, so per-step overheads (kernel launches,
 host round trips, input pipeline) that nobody has measured here are likely to dominate: read
 the CIFAR figures as lower bounds. DS adds one scoring pass over the training split (a
@@ -25,9 +25,9 @@ import os
 import shlex
 import sys
 
-import bench_step
 import jax
 import jax.numpy as jnp
+import step as bench_step
 
 from kd_jax import methods, models
 
@@ -92,7 +92,7 @@ def main():
     rows.append(dict(pair=f"{teacher} -> {student}", batch=batch, steps=steps,
                      flops_per_step=flops, estimate_seconds=seconds))
     print(f"{teacher} -> {student}: {flops / 1e9:.1f} GFLOP/step", flush=True)
-  command = shlex.join(["python", "experiments/estimate_wallclock.py", *sys.argv[1:]])
+  command = shlex.join(["python", "experiments/bench/estimate_wallclock.py", *sys.argv[1:]])
   with open(os.path.join(args.out, "results.json"), "w") as f:
     json.dump(dict(command=command, utilisation=args.utilisation, devices=DEVICES, rows=rows),
               f, indent=1)

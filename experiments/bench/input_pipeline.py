@@ -1,6 +1,6 @@
 """Benchmark: input-pipeline examples/s by worker count, against the rate a step consumes.
 
-  PYTHONPATH=. python experiments/bench_input.py [--workers 0,1,2] [--batches 20]
+  PYTHONPATH=. python experiments/bench/input_pipeline.py [--workers 0,1,2] [--batches 20]
       [--pipelines cifar,imagenet] [--out FILE.jsonl]
 
 Two training pipelines of `kd_jax.data.make_loader` (the trainer's), each with `workers` =
@@ -12,8 +12,8 @@ worker processes, `input.workers` in a config):
             decode + RandomResizedCrop(224) + flip + normalisation, batch 128.
 The first batch (worker start-up: each process imports kd_jax) is timed apart, and the next
 `--warmup` batches (built while it was awaited) are not timed: the rate is the steady one. Then each rate is set against the images/s that a train step would consume:
-the GPU and TPU estimates of experiments/results/wallclock_estimate/results.json (XLA FLOPs
-at 40% of peak, `experiments/estimate_wallclock.py`; ESTIMATES, no accelerator measured) for
+the GPU and TPU estimates of experiments/results/bench/wallclock_estimate/results.json (XLA FLOPs
+at 40% of peak, `experiments/bench/estimate_wallclock.py`; ESTIMATES, no accelerator measured) for
 resnet32x4 -> resnet8x4 (CIFAR) and ResNet34 -> ResNet18 (ImageNet). One JSON line per case.
 """
 
@@ -29,8 +29,8 @@ from kd_jax import data
 from kd_jax.data import augment
 from kd_jax.data import tfds as tfds_lib
 
-ESTIMATES = os.path.join(os.path.dirname(__file__), "results", "wallclock_estimate",
-                         "results.json")
+EXPERIMENTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ESTIMATES = os.path.join(EXPERIMENTS, "results", "bench", "wallclock_estimate", "results.json")
 CONSUMER = {"cifar": "resnet32x4 -> resnet8x4", "imagenet": "ResNet34 -> ResNet18"}
 
 

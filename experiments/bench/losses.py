@@ -1,6 +1,6 @@
 """Benchmark: every method's objective and its gradient, kd_jax (jit) against PyTorch eager.
 
-  PYTHONPATH=. python experiments/bench_losses.py [--classes 100,1000] [--batch 1024]
+  PYTHONPATH=. python experiments/bench/losses.py [--classes 100,1000] [--batch 1024]
       [--methods kd,dkd,...] [--rounds 7] [--block-s 0.1] [--device auto|cpu|gpu]
       [--threads N] [--quick]
 
@@ -33,7 +33,7 @@ any case disagrees.
 import argparse
 import time
 
-import bench_common as common
+import common
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -1,7 +1,7 @@
 r"""Accuracy (and CPU speed) of bfloat16 compute and of the teacher-output cache's formats.
 
-  PYTHONPATH=. python experiments/perf_precision_cache.py [--config=configs/mnist1d.py]
-      [--seeds=0,1,2] [--epochs=20] [--workdir=/tmp/exp/perf] [--out=experiments/results/perf]
+  PYTHONPATH=. python experiments/bench/precision_cache.py [--config=configs/mnist1d.py]
+      [--seeds=0,1,2] [--epochs=20] [--workdir=/tmp/exp/perf] [--out=experiments/results/bench/precision_cache]
 
 Per seed, alternating the compared cases so machine load hits them alike:
   1. `compute_dtype` float32 and bfloat16: the config's teacher -> student pipeline each
@@ -35,7 +35,7 @@ import time
 import jax
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from kd_jax import methods, models, pipeline
 from kd_jax.train import parallel
@@ -140,7 +140,7 @@ def main():
   parser.add_argument("--seeds", default="0,1,2")
   parser.add_argument("--epochs", type=int, default=20)
   parser.add_argument("--workdir", default="/tmp/exp/perf")
-  parser.add_argument("--out", default="experiments/results/perf")
+  parser.add_argument("--out", default="experiments/results/bench/precision_cache")
   parser.add_argument("--speed-steps", type=int, default=50)
   parser.add_argument("--speed-rounds", type=int, default=5)
   parser.add_argument("--speed-only", action="store_true")

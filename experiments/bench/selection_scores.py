@@ -10,7 +10,7 @@ scoring pass `v^T g_i` (given the same v) four ways:
 Random features and a random classifier: the timings, not the scores, are the point; the
 scores of every method are checked against the closed form on the subset.
 
-  PYTHONPATH=. python experiments/bench_selection.py [--n 50000] [--loop_subset 500]
+  PYTHONPATH=. python experiments/bench/selection_scores.py [--n 50000] [--loop_subset 500]
 """
 
 import argparse

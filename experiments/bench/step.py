@@ -1,6 +1,6 @@
 """Benchmark: images/s of the full KD train step, kd_jax (jit) against PyTorch (eager, compile).
 
-  PYTHONPATH=. python experiments/bench_step.py [--pairs resnet32x4:resnet8x4,wrn_40_2:wrn_16_2]
+  PYTHONPATH=. python experiments/bench/step.py [--pairs resnet32x4:resnet8x4,wrn_40_2:wrn_16_2]
       [--batch-sizes 64,256] [--steps 10] [--rounds 3] [--dtype float32|bfloat16]
       [--device auto|cpu|gpu] [--threads N] [--torch-compile on|off]
       [--torch-compile-timeout S] [--teacher-outputs live,cache] [--cache-examples N]
@@ -66,7 +66,7 @@ import os
 import time
 import warnings
 
-import bench_common as common
+import common
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -1,6 +1,6 @@
 """Benchmark: the three ways kd_jax selects a row's top k (TSD, KD-topk), side by side.
 
-  PYTHONPATH=. python experiments/bench_topk.py [--cases 100:6,300:6,1000:6,...]
+  PYTHONPATH=. python experiments/bench/topk.py [--cases 100:6,300:6,1000:6,...]
       [--batch 1024] [--rounds 5] [--block-s 0.1] [--device auto|cpu|gpu] [--threads N]
       [--quick]
 
@@ -22,7 +22,7 @@ per-round ratios top_k / path.
 
 import argparse
 
-import bench_common as common
+import common
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -7,7 +7,7 @@ sharded batch, donation), compiles it, and times `--steps` steps. Prints one JSO
 (tree, round) and the median images/s and ratio:
 
   git worktree add /tmp/kd_jax_before <commit>
-  python experiments/bench_trainer_step.py --baseline=/tmp/kd_jax_before [--pair=resnet20:resnet8]
+  python experiments/bench/trainer_step.py --baseline=/tmp/kd_jax_before [--pair=resnet20:resnet8]
 
 A tree is recognised by its API: `kd_jax.train.step.make_train_step` (the trainer before the
 redesign: seven-argument step with accumulators) or `kd_jax.train.step.train_step`.
@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def measure(teacher_name: str, student_name: str, batch_size: int, steps: int) -> dict:

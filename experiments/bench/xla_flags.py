@@ -1,9 +1,9 @@
 """Benchmark: the KD train step on the CPU under XLA_FLAGS settings, each against the default.
 
-  PYTHONPATH=. python experiments/bench_xla_flags.py [--flags "A;B C;..."] [--repeats 2]
+  PYTHONPATH=. python experiments/bench/xla_flags.py [--flags "A;B C;..."] [--repeats 2]
       [--step-args "--pairs wrn_40_2:wrn_16_2 --batch-sizes 64 --steps 1 --rounds 3 ..."]
 
-XLA flags are read once per process, so every setting runs `experiments/bench_step.py` in its
+XLA flags are read once per process, so every setting runs `experiments/bench/step.py` in its
 own process: the default (empty XLA_FLAGS, to which bench_step adds kd_jax's own CPU flags,
 `kd_jax.train.parallel.CPU_XLA_FLAGS`, as the trainer does; a setting that names one of those
 flags replaces it) and each setting in `--flags` (settings separated
@@ -41,10 +41,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def run_setting(flags: str, step_args: str) -> dict:
   env = dict(os.environ, XLA_FLAGS=flags)
-  env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.dirname(HERE),
+  env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.dirname(os.path.dirname(HERE)),
                                                     env.get("PYTHONPATH")]))
   start = time.time()
-  proc = subprocess.run([sys.executable, os.path.join(HERE, "bench_step.py"), *step_args.split()],
+  proc = subprocess.run([sys.executable, os.path.join(HERE, "step.py"), *step_args.split()],
                         env=env, capture_output=True, text=True, check=False)
   record = dict(flags=flags or "(default)", returncode=proc.returncode,
                 wall_s=round(time.time() - start, 1))

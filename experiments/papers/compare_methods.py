@@ -7,8 +7,8 @@ seeds of the LAST-EPOCH test accuracy, and, labelled separately, of the test acc
 best-validation checkpoint (the validation slice is held out of the training split; the test
 split selects nothing).
 
-  python experiments/compare_methods.py --config=configs/mnist1d.py --seeds=0,1,2 \
-      --variants=ce,kd --out=experiments/results/mnist1d_kd
+  python experiments/papers/compare_methods.py --config=configs/mnist1d.py --seeds=0,1,2 \
+      --variants=ce,kd --out=experiments/results/papers/mnist1d_kd
 
 A bare variant label trains `--config=CONFIG:method=label`; `--variant LABEL=ARG` (repeatable)
 defines a label by a config argument (configs/common.py VARIANT_KEYS), e.g.
@@ -85,7 +85,7 @@ def main():
     table[label] = dict(last_epoch_test_accuracy=last, best_val_checkpoint_test_accuracy=best,
                         per_seed_last_epoch=[r["test_accuracy"] for r in runs],
                         extra_per_seed=_extra_per_seed(runs))
-  runner = runner_command("experiments/compare_methods.py")
+  runner = runner_command("experiments/papers/compare_methods.py")
   results = dict(config=args.config, seeds=seeds,
                  variants={label: dict(config_arg=arg, overrides=overrides)
                            for label, arg, overrides in variants}, extra=extra,

@@ -9,7 +9,7 @@ import os
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)  # this checkout's kd_jax and configs, not an installed copy
 
 import jax  # pylint: disable=g-import-not-at-top

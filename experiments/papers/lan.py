@@ -2,7 +2,7 @@ r"""Lan et al. (arXiv 2404.03693) on synthetic data: Label Revision and Data Sel
 
 One command, offline, in one process (the real trainer, `kd_jax.pipeline.run`, per run):
 
-  python experiments/lan.py --out=experiments/results/lan
+  python experiments/papers/lan.py --out=experiments/results/papers/lan
 
 The teacher errs on a controlled share of the student's training examples by its training
 length: one mlp_large teacher per (teacher epochs, seed) is trained with CE on the same data
@@ -290,7 +290,7 @@ def main():
   os.makedirs(workdir, exist_ok=True)
   speed_up_in_process_runs(os.path.join(workdir, "jax_cache"))
   runner = Runner(os.path.join(workdir, "train.log"))
-  command = shlex.join(["python", "experiments/lan.py", *sys.argv[1:]])
+  command = shlex.join(["python", "experiments/papers/lan.py", *sys.argv[1:]])
   print(f"lan: {command}; runs in {workdir}, trainer output in {runner.log_path}", flush=True)
 
   runs = student_runs(args, ratios)
@@ -376,7 +376,7 @@ def write_markdown(args, results, table, levels, errors, ratios, claim_rows, tim
       "",
       ("Each run is the real trainer (`kd_jax.pipeline.prepare` + `kd_jax.pipeline.run`, the "
        "code behind `python -m kd_jax.main`) in its own workdir under OUT/runs; "
-       "experiments/lan.py documents every config."),
+       "experiments/papers/lan.py documents every config."),
       "",
       (f"Scale: {s['classes']} classes in {s['superclasses']} superclasses (correlation "
        f"{s['correlation']}), dim {s['dim']}, noise {s['noise']}; {s['train_examples']} training "

@@ -2,7 +2,7 @@ r"""Tang et al. 2020 (arXiv 2002.03532) on synthetic data: KD = LS + class relat
 
 One command, offline, in one process (the real trainer, `kd_jax.pipeline.run`, per run):
 
-  python experiments/tang.py --out=experiments/results/tang
+  python experiments/papers/tang.py --out=experiments/results/papers/tang
 
 For every class correlation rho (the synthetic data's knob, `--correlations`) and every seed,
 one mlp_large teacher is trained with CE (`stages="teacher"`), then every student method
@@ -451,7 +451,7 @@ def main():
   os.makedirs(workdir, exist_ok=True)
   speed_up_in_process_runs(os.path.join(workdir, "jax_cache"))
   runner = Runner(os.path.join(workdir, "train.log"))
-  command = shlex.join(["python", "experiments/tang.py", *sys.argv[1:]])
+  command = shlex.join(["python", "experiments/papers/tang.py", *sys.argv[1:]])
   print(f"tang: {command}; runs in {workdir}, trainer output in {runner.log_path}", flush=True)
 
   def corr_dir(c, seed):

@@ -3,8 +3,8 @@ r"""Yang et al. 2019 (arXiv 1805.05551): a tolerant teacher and training in gene
 One command per dataset, offline, in one process (the real trainer, `kd_jax.pipeline.run`
 with `generations.num = G`, per chain):
 
-  python experiments/yang.py --dataset=synthetic --out=experiments/results/yang_synthetic
-  python experiments/yang.py --dataset=mnist1d --out=experiments/results/yang_mnist1d
+  python experiments/papers/yang.py --dataset=synthetic --out=experiments/results/papers/yang_synthetic
+  python experiments/papers/yang.py --dataset=mnist1d --out=experiments/results/papers/yang_mnist1d
 
 For every seed, every patriarch (generation 0) and every lambda schedule, one chain of G
 generations of the dataset's generations config (`configs/<dataset>_generations.py`: one
@@ -241,7 +241,7 @@ def main():
   os.makedirs(workdir, exist_ok=True)
   speed_up_in_process_runs(os.path.join(workdir, "jax_cache"))
   runner = Runner(os.path.join(workdir, "train.log"))
-  command = shlex.join(["python", "experiments/yang.py", *sys.argv[1:]])
+  command = shlex.join(["python", "experiments/papers/yang.py", *sys.argv[1:]])
   print(f"yang: {command}; runs in {workdir}, trainer output in {runner.log_path}", flush=True)
 
   summaries, seconds, commands = {}, {}, []
