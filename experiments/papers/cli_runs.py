@@ -1,4 +1,4 @@
-"""Shared by the experiment scripts: run the real CLI, parse overrides, mean +- std."""
+"""What compare_methods.py needs around the real CLI: run it, parse overrides and flags."""
 
 import argparse
 import dataclasses
@@ -7,8 +7,6 @@ import shlex
 import subprocess
 import sys
 import time
-
-import numpy as np
 
 
 def parse_overrides(text: str) -> dict:
@@ -30,14 +28,6 @@ def run_cli(config: str, workdir: str, overrides: dict, log_path: str) -> tuple[
   return shlex.join(["python", *command[1:]]), time.time() - start
 
 
-def mean_std(values):
-  """(mean, sample std) of the non-None values; std 0 for one value; None for none."""
-  values = np.asarray([v for v in values if v is not None], float)
-  if not values.size:
-    return None
-  return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else 0.0
-
-
 def runner_command(script: str) -> str:
   """The command line that reproduces this script's run."""
   return shlex.join(["python", script, *sys.argv[1:]])
@@ -55,10 +45,10 @@ class Experiment:
 
 def parse_experiment_args(description: str, default_config: str | None = None,
                           **extra_flags) -> Experiment:
-  """--config, --seeds, --out, --workdir, --extra, plus `extra_flags` (name -> (default,
-  help)); creates the results folder OUT."""
+  """--config, --seeds, --out, --workdir, --extra, --report_only, plus `extra_flags` (name ->
+  (default, help)); creates the results folder OUT."""
   parser = argparse.ArgumentParser(description=description)
-  parser.add_argument("--config", default=default_config, required=default_config is None)
+  parser.add_argument("--config", default=default_config)
   parser.add_argument("--seeds", default="0,1,2")
   parser.add_argument("--out", required=True, help="results folder (results.json/.md)")
   parser.add_argument("--workdir", default="", help="runs' folder (default: OUT/runs)")
@@ -68,7 +58,11 @@ def parse_experiment_args(description: str, default_config: str | None = None,
       parser.add_argument(f"--{name}", action="append", default=default, help=help_text)
     else:
       parser.add_argument(f"--{name}", default=default, help=help_text)
+  parser.add_argument("--report_only", action="store_true",
+                      help="rewrite OUT/results.md from OUT/results.json, run nothing")
   args = parser.parse_args()
+  if not args.config and not args.report_only:
+    parser.error("--config is required")
   os.makedirs(args.out, exist_ok=True)
   return Experiment(args, [int(s) for s in args.seeds.split(",")], parse_overrides(args.extra),
                     args.workdir or os.path.join(args.out, "runs"),

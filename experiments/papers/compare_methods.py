@@ -21,7 +21,9 @@ import json
 import os
 
 import numpy as np
-from cli_runs import mean_std, parse_experiment_args, parse_overrides, run_cli, runner_command
+import report
+from cli_runs import parse_experiment_args, parse_overrides, run_cli, runner_command
+from report import mean_std
 
 
 def parse_variant(text, defined):
@@ -50,6 +52,9 @@ def main():
       __doc__.splitlines()[0], variants=("ce,kd", "comma-separated variant labels"),
       variant=([], "LABEL=CONFIG_ARG, repeatable: a label's config argument"))
   args, seeds, extra = experiment.args, experiment.seeds, experiment.extra
+  if args.report_only:
+    report.write(args.out, markdown)
+    return
   workdir, log_path = experiment.workdir, experiment.log_path
   defined = dict(item.split("=", 1) for item in args.variant)
   variants = [parse_variant(v, defined) for v in args.variants.split(",")]
@@ -90,23 +95,23 @@ def main():
                  variants={label: dict(config_arg=arg, overrides=overrides)
                            for label, arg, overrides in variants}, extra=extra,
                  runner=runner, commands=commands, table=table)
-  with open(os.path.join(args.out, "results.json"), "w") as f:
-    json.dump(results, f, indent=1)
-  lines = [f"Config `{args.config}`, seeds {seeds}, extra overrides {extra or 'none'}.",
-           f"Reproduce: `{runner}`", "",
-           ("Test accuracy, mean +- std over seeds. `last epoch`: the final model (reported "
-            "number); `best-val ckpt`: the checkpoint chosen on the held-out validation slice."),
-           "", "| model | last epoch | best-val ckpt | per seed (last epoch) |",
-           "|---|---|---|---|"]
-  for label, entry in table.items():
-    (m, s), (bm, bs) = entry["last_epoch_test_accuracy"], entry["best_val_checkpoint_test_accuracy"]
-    per_seed = ", ".join(f"{v:.4f}" for v in entry["per_seed_last_epoch"])
-    lines.append(f"| {label} | {m:.4f} +- {s:.4f} | {bm:.4f} +- {bs:.4f} | {per_seed} |")
-  lines += ["", "Commands:", "", *[f"    {c}" for c in commands]]
-  with open(os.path.join(args.out, "results.md"), "w") as f:
-    f.write("\n".join(lines) + "\n")
+  lines = report.save(args.out, results, markdown)
   print("\n".join(lines[:len(table) + 7]))
 
+
+def markdown(results, out):
+  """results.md's lines from results.json (see report.py)."""
+  del out  # no hand-written notes here
+  lines = [(f"Config `{results['config']}`, seeds {results['seeds']}, extra overrides "
+            f"{results['extra'] or 'none'}."), report.reproduce(results["runner"], where=""), "",
+           ("Test accuracy, mean +- std over seeds. `last epoch`: the final model (reported "
+            "number); `best-val ckpt`: the checkpoint chosen on the held-out validation slice."),
+           ""]
+  lines += report.table(["model", "last epoch", "best-val ckpt", "per seed (last epoch)"],
+                        [[label, *report.accuracy(entry),
+                          report.per_seed(entry["per_seed_last_epoch"])]
+                         for label, entry in results["table"].items()])
+  return lines + ["", "Commands:", "", *[f"    {c}" for c in results["commands"]]]
 
 if __name__ == "__main__":
   main()

@@ -5,7 +5,9 @@ workdir, so a finished run is skipped and a killed one resumes, exactly as with 
 """
 
 import contextlib
+import json
 import os
+import shlex
 import sys
 import time
 
@@ -34,6 +36,34 @@ def speed_up_in_process_runs(cache_dir):
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
   pipeline.plots.plot_curves = lambda directory, title: None
+
+
+def start(name, args):
+  """Sets up experiments/papers/NAME.py's invocation: OUT and the runs' folder (OUT/runs unless
+  --workdir), the compilation cache, a Runner logging there; -> (workdir, runner, the command
+  line that reproduces this invocation)."""
+  os.makedirs(args.out, exist_ok=True)
+  workdir = args.workdir or os.path.join(args.out, "runs")
+  os.makedirs(workdir, exist_ok=True)
+  speed_up_in_process_runs(os.path.join(workdir, "jax_cache"))
+  runner = Runner(os.path.join(workdir, "train.log"))
+  command = shlex.join(["python", f"experiments/papers/{name}.py", *sys.argv[1:]])
+  print(f"{name}: {command}; runs in {workdir}, trainer output in {runner.log_path}", flush=True)
+  return workdir, runner, command
+
+
+def append_timing(out, entry):
+  """Appends this invocation's entry to OUT/timing.json; -> every invocation's entry (a rerun
+  that skips finished runs keeps the run time of the invocation that trained them)."""
+  path = os.path.join(out, "timing.json")
+  timing = []
+  if os.path.exists(path):
+    with open(path) as f:
+      timing = json.load(f)
+  timing.append(entry)
+  with open(path, "w") as f:
+    json.dump(timing, f, indent=1)
+  return timing
 
 
 class Runner:
@@ -70,22 +100,6 @@ def logits_on(model_name, variables, source, mesh):
   out = evaluate.predict(evaluate.make_eval_fn(model), variables,
                          evaluate.eval_loader(source, 1024), mesh)
   return out["logits"], out["label"]
-
-
-def mean_std(values):
-  """[mean, sample std] of the non-None values (std 0 for one value); None for none."""
-  values = np.asarray([v for v in values if v is not None], float)
-  if not values.size:
-    return None
-  return [float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else 0.0]
-
-
-def fmt(ms, digits=4, signed=False):
-  """'mean +- std' of a mean_std pair; 'n/a' for None."""
-  if ms is None:
-    return "n/a"
-  sign = "+" if signed else ""
-  return f"{ms[0]:{sign}.{digits}f} +- {ms[1]:.{digits}f}"
 
 
 def add_synthetic_args(parser, **defaults):

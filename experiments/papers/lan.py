@@ -33,23 +33,20 @@ skipped on rerun, so an interrupted command continues.
 """
 
 import argparse
-import json
 import os
-import shlex
-import sys
 import time
 
 import numpy as np
+import report
 from in_process import (
-  Runner,
   add_synthetic_args,
-  fmt,
+  append_timing,
   logits_on,
-  mean_std,
   pyplot,
-  speed_up_in_process_runs,
+  start,
   synthetic_config,
 )
+from report import fmt, mean_std
 
 from configs import common
 from kd_jax.train import teacher as teacher_lib
@@ -62,7 +59,7 @@ MAIN = "influence_warmed"
 SCORED = ("influence_untrained", "influence_warmed", "influence_refreshed", "influence_teacher")
 
 
-def parse_args():
+def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--out", required=True, help="results folder")
   p.add_argument("--workdir", default="", help="runs folder (default OUT/runs)")
@@ -76,7 +73,9 @@ def parse_args():
   p.add_argument("--warmup", type=int, default=2, help="W of the warmed student")
   p.add_argument("--refresh", type=int, default=2, help="R of the refreshed student")
   p.add_argument("--dkd_warmup", type=float, default=1.0, help="DKD's loss warm-up epochs")
-  return p.parse_args()
+  p.add_argument("--report_only", action="store_true",
+                 help="rewrite OUT/results.md from OUT/results.json, train nothing")
+  return p.parse_args(argv)
 
 
 # ----------------------------------------------------------------------------- configs
@@ -281,17 +280,14 @@ def plot_grid(table, levels, errors, ratios, main_ratio, path):
 
 def main():
   args = parse_args()
+  if args.report_only:
+    report.write(args.out, markdown)
+    return
   start_wall = time.time()
   seeds = [int(s) for s in args.seeds.split(",")]
   levels = [int(e) for e in args.teacher_epochs.split(",")]
   ratios = [float(r) for r in args.ratios.split(",")]
-  os.makedirs(args.out, exist_ok=True)
-  workdir = args.workdir or os.path.join(args.out, "runs")
-  os.makedirs(workdir, exist_ok=True)
-  speed_up_in_process_runs(os.path.join(workdir, "jax_cache"))
-  runner = Runner(os.path.join(workdir, "train.log"))
-  command = shlex.join(["python", "experiments/papers/lan.py", *sys.argv[1:]])
-  print(f"lan: {command}; runs in {workdir}, trainer output in {runner.log_path}", flush=True)
+  workdir, runner, command = start("lan", args)
 
   runs = student_runs(args, ratios)
   summaries = {lv: {} for lv in levels}
@@ -331,17 +327,10 @@ def main():
   plot_grid(table, levels, errors, ratios, args.main_ratio, os.path.join(args.out, "selection_grid.png"))
   wall = time.time() - start_wall
 
-  timing_path = os.path.join(args.out, "timing.json")
-  timing = []
-  if os.path.exists(timing_path):
-    with open(timing_path) as f:
-      timing = json.load(f)
-  timing.append(dict(started=time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(start_wall)) + " UTC",
-                     wall_seconds=round(wall, 1), runs_trained=runner.trained,
-                     runs_skipped=runner.skipped,
-                     median_run_seconds=round(float(np.median(list(seconds.values()))), 1)))
-  with open(timing_path, "w") as f:
-    json.dump(timing, f, indent=1)
+  timing = append_timing(args.out, dict(
+      started=time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(start_wall)) + " UTC",
+      wall_seconds=round(wall, 1), runs_trained=runner.trained, runs_skipped=runner.skipped,
+      median_run_seconds=round(float(np.median(list(seconds.values()))), 1)))
 
   scale = dict(classes=args.classes, superclasses=args.superclasses,
                correlation=args.correlation, dim=args.dim, noise=args.noise,
@@ -357,27 +346,25 @@ def main():
                  runs={label: dict(method=m, selection=s) for label, (m, s) in runs.items()},
                  tables={str(lv): t for lv, t in table.items()},
                  claims=[dict(claim=a, verdict=b, numbers=n) for a, b, n in claim_rows])
-  with open(os.path.join(args.out, "results.json"), "w") as f:
-    json.dump(results, f, indent=1)
-  write_markdown(args, results, table, levels, errors, ratios, claim_rows, timing)
+  report.save(args.out, results, markdown)
   print(f"lan: done in {wall:.0f} s ({runner.trained} runs trained, {runner.skipped} skipped)"
         f"; {os.path.join(args.out, 'results.md')}", flush=True)
 
 
-def write_markdown(args, results, table, levels, errors, ratios, claim_rows, timing):
+def markdown(results, out):
+  """results.md's lines from results.json (see report.py)."""
   s = results["scale"]
-  trained = [t for t in timing if t["runs_trained"]]
+  levels, ratios, r = s["teacher_epochs"], s["ratios"], s["main_ratio"]
+  table = {lv: results["tables"][str(lv)] for lv in levels}
+  errors = {lv: results["teacher_wrong_share"][str(lv)]["mean_std"] for lv in levels}
+  claim_rows = [(x["claim"], x["verdict"], x["numbers"]) for x in results["claims"]]
   head = [f"{100 * errors[lv][0]:.1f}% ({lv} ep)" for lv in levels]
-  r = args.main_ratio
   lines = [
-      "# Lan et al. (arXiv 2404.03693) on synthetic data: Label Revision and Data Selection",
-      "",
-      f"Reproduce (from the repository root): `{results['command']}`",
-      "",
+      "# Lan et al. (arXiv 2404.03693) on synthetic data: Label Revision and Data Selection", "",
+      report.reproduce(results["command"]), "",
       ("Each run is the real trainer (`kd_jax.pipeline.prepare` + `kd_jax.pipeline.run`, the "
        "code behind `python -m kd_jax.main`) in its own workdir under OUT/runs; "
-       "experiments/papers/lan.py documents every config."),
-      "",
+       "experiments/papers/lan.py documents every config."), "",
       (f"Scale: {s['classes']} classes in {s['superclasses']} superclasses (correlation "
        f"{s['correlation']}), dim {s['dim']}, noise {s['noise']}; {s['train_examples']} training "
        f"examples (+{s['validation_examples']} held out for validation), {s['test_examples']} "
@@ -387,35 +374,25 @@ def write_markdown(args, results, table, levels, errors, ratios, claim_rows, tim
        f"selection `{s['main_criterion']}` (influence scored by the student after W = "
        f"{s['warmup_epochs']} CE epochs) at ratio {s['main_ratio']}; refreshed: a round every "
        f"R = {s['refresh_epochs']} epochs after W; DKD loss warm-up {s['dkd_warmup_epochs']} "
-       "epoch(s)."),
-      "",
-      "Run time (wall clock of each invocation that trained, runs trained / skipped): "
-      + "; ".join(f"{t['started']}: {t['wall_seconds']:.0f} s ({t['runs_trained']} / "
-                  f"{t['runs_skipped']}, median {t['median_run_seconds']} s a run)"
-                  for t in (trained or timing)) + ".",
-      "",
-      ("Accuracy: test accuracy of the LAST-EPOCH model, mean +- std over seeds; `best-val "
-       "ckpt`: the test accuracy of the checkpoint with the best validation accuracy, labelled "
-       "separately. Gains are paired by seed (same teacher, same init and data order). Error "
-       "levels are named by the MEASURED share of the student's training examples the teacher "
-       "gets wrong (mean over seeds) and the teacher's epochs."),
-      "",
-      "## Teachers", "",
-      "| teacher epochs | wrong on training examples (measured) | per seed | test acc (last) |",
-      "|---|---|---|---|",
-  ]
-  for lv in levels:
-    lines.append(f"| {lv} | {fmt(errors[lv])} | "
-                 + ", ".join(f"{w:.4f}" for w in results["teacher_wrong_share"][str(lv)]["per_seed"])
-                 + f" | {fmt(table[lv]['teacher']['last_epoch_test_accuracy'])} |")
-  notes = os.path.join(args.out, "NOTES.md")  # the hand-written verdicts, kept across reruns
-  if os.path.exists(notes):
-    with open(notes) as f:
-      lines += ["", f.read().rstrip()]
+       "epoch(s)."), "",
+      report.run_times("Run time (wall clock of each invocation that trained, runs trained / "
+                       "skipped)", results["timing"],
+                       lambda t: f", median {t['median_run_seconds']} s a run"), "",
+      (report.ACCURACY + ", labelled separately. Gains are paired by seed (same teacher, same "
+       "init and data order). Error levels are named by the MEASURED share of the student's "
+       "training examples the teacher gets wrong (mean over seeds) and the teacher's epochs."),
+      "", "## Teachers", ""]
+  lines += report.table(
+      ["teacher epochs", "wrong on training examples (measured)", "per seed", "test acc (last)"],
+      [[str(lv), fmt(errors[lv]),
+        report.per_seed(results["teacher_wrong_share"][str(lv)]["per_seed"]),
+        fmt(table[lv]["teacher"]["last_epoch_test_accuracy"])] for lv in levels])
+  notes = report.notes(out)
+  if notes:
+    lines += ["", notes]
   lines += ["", "## Claims (mechanical verdicts)", "",
-            "| claim | verdict | numbers (paired gains, last epoch) |", "|---|---|---|"]
-  lines += [f"| {a} | **{b}** | {n} |" for a, b, n in claim_rows]
-  lines += ["", ("Criteria: 'beats' = mean paired gain > 0 and > its std over seeds. Each claim "
+            *report.claims(claim_rows, "numbers (paired gains, last epoch)"),
+            "", ("Criteria: 'beats' = mean paired gain > 0 and > its std over seeds. Each claim "
                  "is reproduced when it holds at every error level, mixed at some, not "
                  "reproduced at none. DS helps: lr_ds beats lr and kd_ds beats kd. LR+DS helps "
                  "most: lr_ds beats each of kd, lr and kd_ds. Both help DKD: dkd_lr beats dkd "
@@ -423,35 +400,37 @@ def write_markdown(args, results, table, levels, errors, ratios, claim_rows, tim
             "![accuracy vs teacher error](accuracy_vs_teacher_error.png)", ""]
   for key, title in (("last_epoch_test_accuracy", "last epoch"),
                      ("best_val_checkpoint_test_accuracy", "best-val ckpt")):
-    lines += [f"## Methods: test accuracy ({title}), seeds {s['seeds']}", "",
-              "| method | " + " | ".join(head) + " |", "|---|" + "---|" * len(levels)]
-    for name in ("teacher", *METHODS):
-      lines.append(f"| {name} | " + " | ".join(fmt(table[lv][name][key]) for lv in levels) + " |")
+    lines += [f"## Methods: test accuracy ({title}), seeds {s['seeds']}", ""]
+    lines += report.table(["method", *head], [[name, *[fmt(table[lv][name][key]) for lv in levels]]
+                                              for name in ("teacher", *METHODS)])
     lines.append("")
+
+  def inside_outside(lv, label):
+    return (f"{table[lv][label]['teacher_wrong_share_selected'][0]:.3f} / "
+            f"{table[lv][label]['teacher_wrong_share_rest'][0]:.3f}")
+
   lines += ["## Teacher-wrong share inside / outside the selection (last round)", "",
             ("Share of the selected (teacher-supervised) examples the teacher gets wrong / of the "
-             "rest (CE only), mean over seeds."), "",
-            "| run | " + " | ".join(head) + " |", "|---|" + "---|" * len(levels)]
+             "rest (CE only), mean over seeds."), ""]
   sel_labels = ["kd_ds", "lr_ds", "dkd_lr_ds",
                 *[grid_label(c, q) for c in (*CRITERIA, *SCORED[::2]) for q in ratios
                   if grid_label(c, q) in table[levels[0]]]]
-  for label in dict.fromkeys(sel_labels):
-    lines.append(f"| {label} | " + " | ".join(
-        f"{table[lv][label]['teacher_wrong_share_selected'][0]:.3f} / "
-        f"{table[lv][label]['teacher_wrong_share_rest'][0]:.3f}" for lv in levels) + " |")
+  lines += report.table(["run", *head], [[label, *[inside_outside(lv, label) for lv in levels]]
+                                         for label in dict.fromkeys(sel_labels)])
   lines += ["", f"## lr_ds grid: criterion x ratio, seeds {s['seeds']}", "",
             "![selection grid](selection_grid.png)", "",
             ("Last-epoch test accuracy; in brackets the paired gain over lr (no selection) and "
-             "over lr_ds with the random control at the same ratio."), "",
-            "| criterion | ratio | " + " | ".join(head) + " |", "|---|---|" + "---|" * len(levels)]
-  for criterion in CRITERIA:
-    for q in ratios:
-      label = grid_label(criterion, q)
-      lines.append(f"| {criterion} | {q:g} | " + " | ".join(
-          f"{fmt(table[lv][label]['last_epoch_test_accuracy'])} "
-          f"({fmt(paired(table, lv, label, 'lr'), signed=True)}; "
-          f"{fmt(paired(table, lv, label, grid_label('random', q)), signed=True)})"
-          for lv in levels) + " |")
+             "over lr_ds with the random control at the same ratio."), ""]
+
+  def grid_cell(lv, criterion, q):
+    label = grid_label(criterion, q)
+    return (f"{fmt(table[lv][label]['last_epoch_test_accuracy'])} "
+            f"({fmt(paired(table, lv, label, 'lr'), signed=True)}; "
+            f"{fmt(paired(table, lv, label, grid_label('random', q)), signed=True)})")
+
+  lines += report.table(["criterion", "ratio", *head],
+                        [[criterion, f"{q:g}", *[grid_cell(lv, criterion, q) for lv in levels]]
+                         for criterion in CRITERIA for q in ratios])
   lines += ["", f"## Which model Data Selection scores (lr_ds, influence, ratio {r:g})", "",
             ("untrained: the student at initialisation (W = 0); warmed: after W CE epochs; "
              "refreshed: warmed, then re-scored every R epochs; teacher: the teacher's features "
@@ -459,12 +438,7 @@ def write_markdown(args, results, table, levels, errors, ratios, claim_rows, tim
              "ratio; teacher-wrong share inside / outside the selection). Pooled gains: paired "
              f"by (level, seed), mean +- std over the {len(levels) * len(s['seeds'])} pairs. "
              "Scoring seconds: all rounds of a run, mean over levels of the mean over seeds (a "
-             "machine shared with other jobs)."),
-            "",
-            ("| scored model | " + " | ".join(head)
-             + " | gain over random, all levels | gain over untrained, all levels "
-             "| scoring seconds a run |"),
-            "|---|" + "---|" * (len(levels) + 3)]
+             "machine shared with other jobs)."), ""]
 
   def pooled(a, b):  # a - b paired by (level, seed), pooled over the levels
     return fmt(mean_std(np.concatenate([
@@ -472,18 +446,17 @@ def write_markdown(args, results, table, levels, errors, ratios, claim_rows, tim
         for lv in levels])), signed=True)
 
   random, untrained = grid_label("random", r), grid_label(SCORED[0], r)
+  rows = []
   for criterion in SCORED:
     label = grid_label(criterion, r)
-    lines.append(f"| {criterion.split('_')[1]} | " + " | ".join(
+    rows.append([criterion.split("_")[1], *[
         f"{fmt(table[lv][label]['last_epoch_test_accuracy'])} "
-        f"({fmt(paired(table, lv, label, random), signed=True)}; "
-        f"{table[lv][label]['teacher_wrong_share_selected'][0]:.3f} / "
-        f"{table[lv][label]['teacher_wrong_share_rest'][0]:.3f})"
-        for lv in levels) + f" | {pooled(label, random)} | {pooled(label, untrained)} | "
-        + fmt(mean_std([table[lv][label]["selection_seconds"][0] for lv in levels]), 1) + " |")
-  with open(os.path.join(args.out, "results.md"), "w") as f:
-    f.write("\n".join(lines) + "\n")
-
+        f"({fmt(paired(table, lv, label, random), signed=True)}; {inside_outside(lv, label)})"
+        for lv in levels], pooled(label, random), pooled(label, untrained),
+        fmt(mean_std([table[lv][label]["selection_seconds"][0] for lv in levels]), 1)])
+  lines += report.table(["scored model", *head, "gain over random, all levels",
+                         "gain over untrained, all levels", "scoring seconds a run"], rows)
+  return lines
 
 if __name__ == "__main__":
   main()

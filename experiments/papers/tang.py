@@ -39,26 +39,23 @@ CE student. Writes OUT/results.json, OUT/results.md, OUT/*.png; the runs go to O
 """
 
 import argparse
-import json
 import os
-import shlex
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import report
 from in_process import (
-  Runner,
   add_synthetic_args,
-  fmt,
+  append_timing,
   logits_on,
-  mean_std,
   pyplot,
-  speed_up_in_process_runs,
+  start,
   synthetic_config,
 )
 from in_process import softmax as _softmax
+from report import fmt, mean_std
 from scipy import stats as scipy_stats
 
 from configs import common
@@ -74,7 +71,7 @@ MAIN = ("ce", "ls", "kd_T1", "kd_T4", "kd_pt", "kd_sim", "kd_pt_sim")
 PLOTTED = ("ce", "kd_T1", "kd_T4", "kd_pt", "kd_sim", "kd_pt_sim")
 
 
-def parse_args():
+def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--out", required=True, help="results folder")
   p.add_argument("--workdir", default="", help="runs folder (default OUT/runs)")
@@ -90,7 +87,9 @@ def parse_args():
   p.add_argument("--ls_teacher_correlation", type=float, default=0.75)
   p.add_argument("--ls_teacher_epsilon", type=float, default=0.1)
   p.add_argument("--grad_correlation", type=float, default=0.5)
-  return p.parse_args()
+  p.add_argument("--report_only", action="store_true",
+                 help="rewrite OUT/results.md from OUT/results.json, train nothing")
+  return p.parse_args(argv)
 
 
 # ----------------------------------------------------------------------------- configs
@@ -439,6 +438,9 @@ def claims(tables, correlations, main_k, failure):
 
 def main():
   args = parse_args()
+  if args.report_only:
+    report.write(args.out, markdown)
+    return
   start_wall = time.time()
   seeds = [int(s) for s in args.seeds.split(",")]
   correlations = [float(c) for c in args.correlations.split(",")]
@@ -446,13 +448,7 @@ def main():
   sweep_correlations = [c for c in sweep_correlations if c in correlations]
   main_k = args.topk or args.classes // args.superclasses
   sweep_ks = sorted({main_k, *[int(k) for k in args.topk_sweep.split(",") if k]})
-  os.makedirs(args.out, exist_ok=True)
-  workdir = args.workdir or os.path.join(args.out, "runs")
-  os.makedirs(workdir, exist_ok=True)
-  speed_up_in_process_runs(os.path.join(workdir, "jax_cache"))
-  runner = Runner(os.path.join(workdir, "train.log"))
-  command = shlex.join(["python", "experiments/papers/tang.py", *sys.argv[1:]])
-  print(f"tang: {command}; runs in {workdir}, trainer output in {runner.log_path}", flush=True)
+  workdir, runner, command = start("tang", args)
 
   def corr_dir(c, seed):
     return os.path.join(workdir, f"rho{c}", f"seed{seed}")
@@ -544,16 +540,9 @@ def main():
   wall = time.time() - start_wall
 
   # Timing: every invocation appends one line; the run time is the invocation that trained.
-  timing_path = os.path.join(args.out, "timing.json")
-  timing = []
-  if os.path.exists(timing_path):
-    with open(timing_path) as f:
-      timing = json.load(f)
-  timing.append(dict(started=time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(start_wall)),
-                     wall_seconds=round(wall, 1), runs_trained=runner.trained,
-                     runs_skipped=runner.skipped))
-  with open(timing_path, "w") as f:
-    json.dump(timing, f, indent=1)
+  timing = append_timing(args.out, dict(
+      started=time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(start_wall)),
+      wall_seconds=round(wall, 1), runs_trained=runner.trained, runs_skipped=runner.skipped))
 
   scale = dict(classes=args.classes, superclasses=args.superclasses, dim=args.dim,
                noise=args.noise, separation=1.0, train_examples=args.train - args.holdout,
@@ -569,160 +558,148 @@ def main():
                  teacher_diagnostics={str(c): d for c, d in diag.items()},
                  failure_case=failure, gradient_rescaling=grad_summary,
                  claims=[dict(claim=a, verdict=b, numbers=n) for a, b, n in claim_rows])
-  with open(os.path.join(args.out, "results.json"), "w") as f:
-    json.dump(results, f, indent=1)
-  write_markdown(args, results, tables, correlations, main_k, sweep_ks, sweep_correlations,
-                 failure, grad_summary, diag, methods_used, claim_rows, timing)
+  report.save(args.out, results, markdown)
   print(f"tang: done in {wall:.0f} s ({runner.trained} runs trained, {runner.skipped} skipped)"
         f"; {os.path.join(args.out, 'results.md')}", flush=True)
 
 
-def write_markdown(args, results, tables, correlations, main_k, sweep_ks, sweep_correlations,
-                   failure, grad_summary, diag, methods_used, claim_rows, timing):
+def method_descriptions(results, fixed_eps):
+  """rho -> label -> the `describe` of each seed's method (eps and tau_s are per teacher)."""
   s = results["scale"]
-  trained = [t for t in timing if t["runs_trained"]]
+  out = {}
+  for c in s["correlations"]:
+    ks = s["topk_sweep"] if c in s["topk_sweep_correlations"] else [s["topk_main"]]
+    for d in results["teacher_diagnostics"][str(c)]:
+      for label, method in student_methods(d["eps"], d["sim_temperature"], ks, fixed_eps).items():
+        out.setdefault(c, {}).setdefault(label, []).append(describe(method))
+  return out
+
+
+def markdown(results, out):
+  """results.md's lines from results.json (see report.py)."""
+  args = report.recorded_args(parse_args, results["command"])
+  s = results["scale"]
+  correlations, main_k = s["correlations"], s["topk_main"]
+  sweep_ks, sweep_correlations = s["topk_sweep"], s["topk_sweep_correlations"]
+  tables = {c: results["tables"][str(c)] for c in correlations}
+  diag = {c: results["teacher_diagnostics"][str(c)] for c in correlations}
+  failure, g = results["failure_case"], results["gradient_rescaling"]
+  claim_rows = [(x["claim"], x["verdict"], x["numbers"]) for x in results["claims"]]
   lines = [
-      "# Tang et al. 2020 (arXiv 2002.03532) on synthetic data",
-      "",
-      f"Reproduce (from the repository root): `{results['command']}`",
-      "",
+      "# Tang et al. 2020 (arXiv 2002.03532) on synthetic data", "",
+      report.reproduce(results["command"]), "",
       (f"Scale: {s['classes']} classes in {s['superclasses']} superclasses, dim {s['dim']}, "
        f"noise {s['noise']}; {s['train_examples']} training examples (+{s['validation_examples']}"
        f" held out for validation), {s['test_examples']} test; teacher {s['teacher']} "
        f"{s['teacher_epochs']} epochs, student {s['student']} {s['student_epochs']} epochs, "
        f"batch {s['batch_size']}, SGD lr {s['learning_rate']} cosine; seeds {s['seeds']}; "
-       f"correlations {s['correlations']}."),
-      "",
-      "Run time (wall clock of each invocation of the command, runs trained / skipped): "
-      + "; ".join(f"{t['started']}: {t['wall_seconds']:.0f} s ({t['runs_trained']} / "
-                  f"{t['runs_skipped']})" for t in (trained or timing)) + ".",
-      "",
-      ("Accuracy: test accuracy of the LAST-EPOCH model, mean +- std over seeds; `best-val "
-       "ckpt`: the test accuracy of the checkpoint with the best validation accuracy "
-       "(validation slice held out of the training split), labelled separately. `gain over ls`"
-       ": last-epoch accuracy minus the ls student's of the same seed, mean +- std over seeds."),
-      "",
-  ]
-  notes = os.path.join(args.out, "NOTES.md")  # the hand-written verdicts, kept across reruns
-  if os.path.exists(notes):
-    with open(notes) as f:
-      lines += [f.read().rstrip(), ""]
+       f"correlations {s['correlations']}."), "",
+      report.run_times("Run time (wall clock of each invocation of the command, runs trained / "
+                       "skipped)", results["timing"]), "",
+      (report.ACCURACY + " (validation slice held out of the training split), labelled "
+       "separately. `gain over ls`: last-epoch accuracy minus the ls student's of the same "
+       "seed, mean +- std over seeds."), ""]
+  notes = report.notes(out)
+  if notes:
+    lines += [notes, ""]
   lines += ["## Mechanical checks (criteria below the table)", "",
-            "| claim | verdict | numbers (gain over ls unless stated) |", "|---|---|---|"]
-  lines += [f"| {a} | **{b}** | {n} |" for a, b, n in claim_rows]
-  lines += ["", ("Mechanical criteria: 'beats' = mean gain > 0 and > its std over seeds; KD beats "
+            *report.claims(claim_rows, "numbers (gain over ls unless stated)"),
+            "", ("Mechanical criteria: 'beats' = mean gain > 0 and > its std over seeds; KD beats "
                  "LS: kd_T1 beats ls at every rho (mixed if only some, or only kd_T4); pt carries "
                  "most: kd_pt beats ls at the lowest rho with >= 50% of kd_T1's gain; sim grows: "
                  "Spearman(rho, kd_sim gain) > 0.5, and at the highest rho kd_sim beats ls and "
                  "exceeds its lowest-rho gain; pt+sim: at least max(pt, sim) - std and within "
                  "max(25% of KD's gain, std) of KD at every rho; top-k: beats ls at every rho and "
                  "is within one std of KD at all but at most one; LS teacher: both students' "
-                 "paired difference < 0 beyond one std."), ""]
-  lines += ["![gain over ls](gain_over_ls.png)", ""]
-  lines += ["## Gains over ls per correlation (last epoch)", "",
-            "| method | " + " | ".join(f"rho={c}" for c in correlations) + " |",
-            "|---|" + "---|" * len(correlations)]
+                 "paired difference < 0 beyond one std."), "",
+            "![gain over ls](gain_over_ls.png)", "",
+            "## Gains over ls per correlation (last epoch)", ""]
   extra = [f"ls_eps{args.fixed_eps:g}", f"kd_sim_eps{args.fixed_eps:g}"] if args.fixed_eps else []
-  for label in [*MAIN[:1], *MAIN[2:], f"kd_topk{main_k}", *extra]:
-    lines.append(f"| {label} | " + " | ".join(fmt(tables[c][label]["gain_over_ls"], signed=True)
-                                            for c in correlations) + " |")
+  lines += report.table(
+      ["method", *[f"rho={c}" for c in correlations]],
+      [[label, *[fmt(tables[c][label]["gain_over_ls"], signed=True) for c in correlations]]
+       for label in [*MAIN[:1], *MAIN[2:], f"kd_topk{main_k}", *extra]])
   lines += ["", "## Teachers", "",
             ("eps = mean(1 - q_y) of the teacher on the training examples (LS's and KD-sim's "
              "epsilon); tau_s fitted per teacher (see the module docstring); `off-target in "
              "superclass`: mean share of the teacher's off-target mass on the true class's "
              "superclass (uniform would give the `uniform` column); `rho(y) in superclass`: the "
-             "same share for KD-sim's rho at tau_s."), "",
-            ("| rho | teacher test acc (last) | best-val ckpt | train acc | mean q_y | eps | tau_s "
-             "| off-target in superclass | rho(y) in superclass | uniform | secondary_in_superclass "
-             "(test) |"), "|---|---|---|---|---|---|---|---|---|---|---|"]
-  for c in correlations:
+             "same share for KD-sim's rho at tau_s."), ""]
+
+  def teacher_row(c):
     d = diag[c]
-    avg = lambda key, d=d: mean_std([x[key] for x in d])
-    lines.append(
-        f"| {c} | {fmt(tables[c]['teacher']['last_epoch_test_accuracy'])} | "
-        f"{fmt(tables[c]['teacher']['best_val_checkpoint_test_accuracy'])} | "
-        f"{fmt(avg('train_accuracy'), 3)} | {fmt(avg('mean_q_y'), 3)} | "
-        f"{', '.join(str(x['eps']) for x in d)} | {', '.join(str(x['sim_temperature']) for x in d)}"
-        f" | {fmt(avg('teacher_off_target_in_superclass'), 3)} | "
-        f"{fmt(avg('rho_in_superclass'), 3)} | {d[0]['uniform_in_superclass']:.3f} | "
-        f"{fmt(avg('secondary_in_superclass_test'), 3)} |")
+    avg = lambda key: fmt(mean_std([x[key] for x in d]), 3)
+    return [str(c), *report.accuracy(tables[c]["teacher"]), avg("train_accuracy"),
+            avg("mean_q_y"), ", ".join(str(x["eps"]) for x in d),
+            ", ".join(str(x["sim_temperature"]) for x in d),
+            avg("teacher_off_target_in_superclass"), avg("rho_in_superclass"),
+            f"{d[0]['uniform_in_superclass']:.3f}", avg("secondary_in_superclass_test")]
+
+  lines += report.table(
+      ["rho", "teacher test acc (last)", "best-val ckpt", "train acc", "mean q_y", "eps", "tau_s",
+       "off-target in superclass", "rho(y) in superclass", "uniform",
+       "secondary_in_superclass (test)"], [teacher_row(c) for c in correlations])
+  described = method_descriptions(results, args.fixed_eps)
   for c in correlations:
-    lines += ["", f"## rho = {c}", "",
-              ("| model | method (T: KD temperature, Tt: target temperature) | last epoch | "
-              "best-val ckpt | gain over ls | per seed (last epoch) |"),
-              "|---|---|---|---|---|---|"]
     t = tables[c]
-    lines.append(f"| teacher | {TEACHER_MODEL}, ce, T=1, Tt=1 | "
-                 f"{fmt(t['teacher']['last_epoch_test_accuracy'])} | "
-                 f"{fmt(t['teacher']['best_val_checkpoint_test_accuracy'])} | | "
-                 f"{', '.join(f'{v:.4f}' for v in t['teacher']['per_seed_last_epoch'])} |")
-    for label in methods_used[c]:
-      e = t[label]
-      described = sorted(set(methods_used[c][label]))
-      lines.append(f"| {label} | {' / '.join(described)} | {fmt(e['last_epoch_test_accuracy'])} | "
-                   f"{fmt(e['best_val_checkpoint_test_accuracy'])} | "
-                   f"{fmt(e['gain_over_ls'], signed=True) if label != 'ls' else ''} | "
-                   f"{', '.join(f'{v:.4f}' for v in e['per_seed_last_epoch'])} |")
+    lines += ["", f"## rho = {c}", ""]
+    lines += report.table(
+        ["model", "method (T: KD temperature, Tt: target temperature)", "last epoch",
+         "best-val ckpt", "gain over ls", "per seed (last epoch)"],
+        [["teacher", f"{TEACHER_MODEL}, ce, T=1, Tt=1", *report.accuracy(t["teacher"]), "",
+          report.per_seed(t["teacher"]["per_seed_last_epoch"])]]
+        + [[label, " / ".join(sorted(set(described[c][label]))), *report.accuracy(t[label]),
+            fmt(t[label]["gain_over_ls"], signed=True) if label != "ls" else "",
+            report.per_seed(t[label]["per_seed_last_epoch"])] for label in described[c]])
   if sweep_correlations:
-    lines += ["", "## Top-k sweep (gain over ls)", "", "![top-k sweep](topk_sweep.png)", "",
-              "| rho | " + " | ".join(f"k={k}" for k in sweep_ks) + " | kd_T1 | kd_pt |",
-              "|---|" + "---|" * (len(sweep_ks) + 2)]
-    for c in sweep_correlations:
-      lines.append(f"| {c} | " + " | ".join(fmt(tables[c][f"kd_topk{k}"]["gain_over_ls"], signed=True)
-                                            for k in sweep_ks)
-                   + f" | {fmt(tables[c]['kd_T1']['gain_over_ls'], signed=True)}"
-                   + f" | {fmt(tables[c]['kd_pt']['gain_over_ls'], signed=True)} |")
+    lines += ["", "## Top-k sweep (gain over ls)", "", "![top-k sweep](topk_sweep.png)", ""]
+    lines += report.table(
+        ["rho", *[f"k={k}" for k in sweep_ks], "kd_T1", "kd_pt"],
+        [[str(c), *[fmt(tables[c][label]["gain_over_ls"], signed=True)
+                    for label in [*[f"kd_topk{k}" for k in sweep_ks], "kd_T1", "kd_pt"]]]
+         for c in sweep_correlations])
   if failure:
-    ft = failure["table"]
     lines += ["", (f"## Failure case: LS-trained teacher (eps={failure['epsilon']}, rho="
-              f"{failure['correlation']})"), "",
-              "| run | last epoch | best-val ckpt | per seed |", "|---|---|---|---|"]
-    for key, e in ft.items():
-      lines.append(f"| {key} | {fmt(e['last_epoch_test_accuracy'])} | "
-                   f"{fmt(e['best_val_checkpoint_test_accuracy'])} | "
-                   f"{', '.join(f'{v:.4f}' for v in e['per_seed_last_epoch'])} |")
+              f"{failure['correlation']})"), ""]
+    lines += report.table(["run", "last epoch", "best-val ckpt", "per seed"],
+                          [[key, *report.accuracy(e), report.per_seed(e["per_seed_last_epoch"])]
+                           for key, e in failure["table"].items()])
     lines += ["", "Paired (same seed) student(LS teacher) - student(CE teacher): "
-              + "; ".join(f"{k}: {fmt(v, signed=True)}" for k, v in failure["paired_diff"].items()),
-              ""]
-    lines += [("| teacher | mean q_y (train) | std q_y | off-target in superclass | "
-              "secondary_in_superclass (test) | train acc |"), "|---|---|---|---|---|---|"]
-    for name, d in (("CE", failure["ce_teacher_diagnostics"]),
-                    ("LS", failure["ls_teacher_diagnostics"])):
-      avg = lambda key, d=d: mean_std([x[key] for x in d])
-      lines.append(f"| {name} | {fmt(avg('mean_q_y'), 3)} | {fmt(avg('std_q_y'), 3)} | "
-                   f"{fmt(avg('teacher_off_target_in_superclass'), 3)} | "
-                   f"{fmt(avg('secondary_in_superclass_test'), 3)} | "
-                   f"{fmt(avg('train_accuracy'), 3)} |")
-  g = grad_summary
+              + "; ".join(f"{k}: {fmt(v, signed=True)}"
+                          for k, v in failure["paired_diff"].items()), ""]
+
+    def diagnostics_row(name, d):
+      avg = lambda key: fmt(mean_std([x[key] for x in d]), 3)
+      return [name, avg("mean_q_y"), avg("std_q_y"), avg("teacher_off_target_in_superclass"),
+              avg("secondary_in_superclass_test"), avg("train_accuracy")]
+
+    lines += report.table(
+        ["teacher", "mean q_y (train)", "std q_y", "off-target in superclass",
+         "secondary_in_superclass (test)", "train acc"],
+        [diagnostics_row("CE", failure["ce_teacher_diagnostics"]),
+         diagnostics_row("LS", failure["ls_teacher_diagnostics"])])
   lines += ["", (f"## Instance-level rescaling (rho={g['correlation']}, seed {g['seed']}, "
             "training examples)"), "", "![gradient rescaling](gradient_rescaling.png)", "",
             ("Per training example, `jax.grad` of `kd_jax.losses.kd` (T = 1 and 4), of LS "
              "(`soft_cross_entropy` to the smoothed label, eps of this teacher) and of CE "
              "w.r.t. the student logits; |component on the true class| binned by the teacher's "
              "q_y (bin means). Students: `init` (the student's initial variables) and "
-             "`ce_trained` (the final CE student of this seed)."), "",
-            "| q_y bin | examples | " + " | ".join(
-                f"{n}: KD T=1 | {n}: KD T=4 | {n}: LS | {n}: CE | {n}: KD/CE"
-                for n in g["students"]) + " |",
-            "|---|---|" + "---|" * (5 * len(g["students"]))]
-  edges = g["bin_edges"]
-  for b in range(len(edges) - 1):
-    cells = []
-    for row in g["students"].values():
-      for key in ("kd_T1_true", "kd_T4_true", "ls_true", "ce_true", "kd_T1_over_ce_true"):
-        v = row["binned"][key][b]
-        cells.append("" if v is None else f"{v:.3f}")
-    lines.append(f"| [{edges[b]:.1f}, {edges[b + 1]:.1f}) | {g['bin_count'][b]} | "
-                 + " | ".join(cells) + " |")
+             "`ce_trained` (the final CE student of this seed)."), ""]
+  edges, keys = g["bin_edges"], ("kd_T1_true", "kd_T4_true", "ls_true", "ce_true",
+                                 "kd_T1_over_ce_true")
+  lines += report.table(
+      ["q_y bin", "examples", *[f"{n}: {column}" for n in g["students"]
+                                for column in ("KD T=1", "KD T=4", "LS", "CE", "KD/CE")]],
+      [[f"[{edges[b]:.1f}, {edges[b + 1]:.1f})", str(g["bin_count"][b]),
+        *["" if row["binned"][key][b] is None else f"{row['binned'][key][b]:.3f}"
+          for row in g["students"].values() for key in keys]] for b in range(len(edges) - 1)])
   lines += [""] + [f"Student `{n}`: Spearman(q_y, |dKD_T1/dz_y|) = "
                    f"{row['spearman_q_y_vs_kd_T1_true']:+.3f}, Spearman(q_y, KD/CE ratio) = "
                    f"{row['spearman_q_y_vs_kd_T1_over_ce']:+.3f}, Spearman(q_y, ||dKD_T1/dz||) = "
                    f"{row['spearman_q_y_vs_kd_T1_norm']:+.3f}; share of examples with p_y > q_y "
                    f"(gradient pushes the true logit down): {row['share_student_above_teacher']:.3f}."
                    for n, row in g["students"].items()]
-  with open(os.path.join(args.out, "results.md"), "w") as f:
-    f.write("\n".join(lines) + "\n")
-
+  return lines
 
 if __name__ == "__main__":
   main()

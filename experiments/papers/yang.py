@@ -36,11 +36,12 @@ import json
 import os
 import shlex
 import shutil
-import sys
 import time
 
 import numpy as np
-from in_process import Runner, fmt, mean_std, pyplot, speed_up_in_process_runs
+import report
+from in_process import pyplot, start
+from report import fmt, mean_std
 
 from configs import common, mnist1d_generations, synthetic_generations
 
@@ -49,7 +50,7 @@ CONFIGS = {"synthetic": ("configs/synthetic_generations.py", synthetic_generatio
 METRICS = ("accuracy", "secondary_in_superclass", "mean_entropy", "top_gap", "ece")
 
 
-def parse_args():
+def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--dataset", required=True, choices=sorted(CONFIGS))
   p.add_argument("--out", required=True, help="results folder")
@@ -65,7 +66,9 @@ def parse_args():
   p.add_argument("--ls_epsilon", type=float, default=0.1)
   p.add_argument("--cp_beta", type=float, default=0.1)
   p.add_argument("--epochs", type=int, default=0, help="epochs per generation (0: config's)")
-  return p.parse_args()
+  p.add_argument("--report_only", action="store_true",
+                 help="rewrite OUT/results.md from OUT/results.json, train nothing")
+  return p.parse_args(argv)
 
 
 # ----------------------------------------------------------------------------- configs
@@ -224,6 +227,9 @@ def plot(tables, schedules, secondary_metric, path):
 
 def main():
   args = parse_args()
+  if args.report_only:
+    report.write(args.out, markdown)
+    return
   start_wall = time.time()
   config_path, config_module = CONFIGS[args.dataset]
   seeds = [int(s) for s in args.seeds.split(",")]
@@ -236,13 +242,7 @@ def main():
     if len(schedules["rising"]) != num - 1:
       raise ValueError(f"--rising needs {num - 1} values (generations 1..{num - 1})")
   members = {"constant": patriarchs, "rising": rising_patriarchs}
-  os.makedirs(args.out, exist_ok=True)
-  workdir = args.workdir or os.path.join(args.out, "runs")
-  os.makedirs(workdir, exist_ok=True)
-  speed_up_in_process_runs(os.path.join(workdir, "jax_cache"))
-  runner = Runner(os.path.join(workdir, "train.log"))
-  command = shlex.join(["python", "experiments/papers/yang.py", *sys.argv[1:]])
-  print(f"yang: {command}; runs in {workdir}, trainer output in {runner.log_path}", flush=True)
+  workdir, runner, command = start("yang", args)
 
   summaries, seconds, commands = {}, {}, []
   for schedule, weights in schedules.items():
@@ -306,19 +306,20 @@ def main():
                  full_run_wall_seconds=full_wall and round(full_wall, 1),
                  train_seconds_total=round(sum(v["train_seconds"] for v in seconds.values()), 1),
                  commands=commands)
-  with open(os.path.join(args.out, "results.json"), "w") as f:
-    json.dump(results, f, indent=1)
-  write_markdown(args, results)
+  report.save(args.out, results, markdown)
   print(f"yang: done in {wall:.0f} s ({runner.trained} chains run, {runner.skipped} already "
         f"finished); {os.path.join(args.out, 'results.md')}", flush=True)
 
 
-def write_markdown(args, r):
+def markdown(r, out):
+  """results.md's lines from results.json (see report.py)."""
+  del out  # no hand-written notes here
+  args = report.recorded_args(parse_args, r["runner"])
   s, seeds, num = r["scale"], r["seeds"], r["scale"]["generations"]
   opts = ", ".join(f"{k}={v}" for k, v in s["dataset_options"].items())
   lines = [
       f"# Yang et al.: tolerant teacher and generations, {s['dataset']}", "",
-      f"Reproduce: `{r['runner']}`", "",
+      report.reproduce(r["runner"], where=""), "",
       ("**Run time** on 2 CPU cores shared with other jobs: "
        + (f"{r['full_run_wall_seconds'] / 60:.1f} min wall for the run that trained every "
           "chain; " if r["full_run_wall_seconds"] else "")
@@ -349,91 +350,74 @@ def write_markdown(args, r):
        f"of the top-{args.num_secondary} non-true classes inside the true superclass (synthetic "
        "only); `mean_entropy` of p; `top_gap` = p_(1) - p_(2); ECE."), "",
       "![accuracy per generation](generations.png)", ""]
-  # Patriarchs.
   const = r["table"]["constant"]
-  strict_pat = r["paired"]["constant"]
   has_sup = const[next(iter(const))]["generation_0"]["secondary_in_superclass"] is not None
   sec_cols = (["secondary_in_superclass"] if has_sup else []) + ["mean_entropy", "top_gap", "ece"]
-  lines += ["## The patriarchs (generation 0)", "",
-            "| patriarch | test acc (last epoch) | - strict (paired) | best-val ckpt | "
-            + " | ".join(sec_cols) + " | per seed |",
-            "|---|---|---|---|" + "---|" * len(sec_cols) + "---|"]
-  for p, t in const.items():
-    g0 = t["generation_0"]
-    diff = strict_pat[p].get("patriarch_vs_strict")
-    lines.append(f"| {p} | {fmt(g0['accuracy'])} | "
-                 f"{fmt(diff['mean_std'], signed=True) if diff else ''} | "
-                 f"{fmt(g0['best_val_checkpoint_test_accuracy'])} | "
-                 + " | ".join(fmt(g0[m], 3) for m in sec_cols) + " | "
-                 + ", ".join(f"{v:.4f}" for v in g0["per_seed"]) + " |")
-  # Claims.
+
+  def patriarch_row(p, t):
+    g0, diff = t["generation_0"], r["paired"]["constant"][p].get("patriarch_vs_strict")
+    return [p, fmt(g0["accuracy"]), fmt(diff["mean_std"], signed=True) if diff else "",
+            fmt(g0["best_val_checkpoint_test_accuracy"]), *[fmt(g0[m], 3) for m in sec_cols],
+            report.per_seed(g0["per_seed"])]
+
+  lines += ["## The patriarchs (generation 0)", ""]
+  lines += report.table(["patriarch", "test acc (last epoch)", "- strict (paired)",
+                         "best-val ckpt", *sec_cols, "per seed"],
+                        [patriarch_row(p, t) for p, t in const.items()])
   for schedule, rows in r["claims"].items():
-    lines += ["", f"## Claims, mechanical checks ({schedule} lambda, tolerant vs strict)", "",
-              "| tolerant patriarch | claim | holds | numbers (paired by seed) |",
-              "|---|---|---|---|"]
-    for p, row in rows.items():
-      for claim, c in row.items():
-        lines.append(f"| {p} | {claim} | {'yes' if c['holds'] else 'no'} | "
-                     f"{fmt(c['mean_std'], signed=True)} |")
+    lines += ["", f"## Claims, mechanical checks ({schedule} lambda, tolerant vs strict)", ""]
+    lines += report.table(["tolerant patriarch", "claim", "holds", "numbers (paired by seed)"],
+                          [[p, claim, "yes" if c["holds"] else "no",
+                            fmt(c["mean_std"], signed=True)]
+                           for p, row in rows.items() for claim, c in row.items()])
   lines += ["", ("'holds': the tolerant teacher is less accurate if its mean paired difference "
                  "to strict is < 0; every other claim holds if its mean paired difference is > 0 "
                  "and larger than its std over seeds; 'keep improving' also needs every step "
                  "g -> g+1 (g >= 1) to be up on average."), ""]
-  # Per schedule: accuracy per generation and ensembles.
+  gens = range(num)
   for schedule, table in r["table"].items():
     lam = ", ".join(f"{w:g}" for w in r["schedules"][schedule])
-    lines += [f"## {schedule} lambda ({lam}): test accuracy (last epoch) per generation", "",
-              "| patriarch | " + " | ".join(f"g={g}" for g in range(num)) + " | "
-              + " | ".join(f"ensemble 1..{g}" for g in range(2, num)) + " |",
-              "|---|" + "---|" * (2 * num - 2)]
-    for p, t in table.items():
-      lines.append(f"| {p} | " + " | ".join(fmt(t[f"generation_{g}"]["accuracy"])
-                                           for g in range(num)) + " | "
-                   + " | ".join(fmt(t[f"ensemble_{g}"]["accuracy"]) for g in range(2, num))
-                   + " |")
+    lines += [f"## {schedule} lambda ({lam}): test accuracy (last epoch) per generation", ""]
+    lines += report.table(
+        ["patriarch", *[f"g={g}" for g in gens], *[f"ensemble 1..{g}" for g in range(2, num)]],
+        [[p, *[fmt(t[f"generation_{g}"]["accuracy"]) for g in gens],
+          *[fmt(t[f"ensemble_{g}"]["accuracy"]) for g in range(2, num)]]
+         for p, t in table.items()])
     lines += ["", (f"Paired differences ({schedule} lambda): students (mean over g >= 1), the "
               f"last generation and the ensemble 1..{num - 1} minus the strict chain's; "
               f"g={num - 1} - g=1 and each step; ensemble 1..{num - 1} - the best single "
-              "student."), "",
-              ("| patriarch | students - strict | last gen - strict | ensemble - strict | "
-               "last - g=1 | " + " | ".join(f"g={g + 1} - g={g}" for g in range(1, num - 1))
-               + " | ensemble - best single |"), "|---|---|---|---|---|" + "---|" * (num - 1)]
-    for p, d in r["paired"][schedule].items():
-      cell = lambda k, d=d: fmt(d[k]["mean_std"], signed=True) if k in d else ""
-      lines.append(f"| {p} | {cell('students_vs_strict')} | {cell('last_vs_strict')} | "
-                   f"{cell('ensemble_vs_strict')} | {cell('keep_improving')} | "
-                   + "".join(f"{cell(f'step_{g}_to_{g + 1}')} | " for g in range(1, num - 1))
-                   + f"{cell('ensemble_minus_best_single')} |")
+              "student."), ""]
+    keys = ["students_vs_strict", "last_vs_strict", "ensemble_vs_strict", "keep_improving",
+            *[f"step_{g}_to_{g + 1}" for g in range(1, num - 1)], "ensemble_minus_best_single"]
+    lines += report.table(
+        ["patriarch", "students - strict", "last gen - strict", "ensemble - strict",
+         "last - g=1", *[f"g={g + 1} - g={g}" for g in range(1, num - 1)],
+         "ensemble - best single"],
+        [[p, *[fmt(d[k]["mean_std"], signed=True) if k in d else "" for k in keys]]
+         for p, d in r["paired"][schedule].items()])
     lines += ["", (f"Best-validation checkpoint's test accuracy ({schedule} lambda; the NEXT "
-              "generation's teacher is the final model, not this one):"), "",
-              "| patriarch | " + " | ".join(f"g={g}" for g in range(num)) + " |",
-              "|---|" + "---|" * num]
-    for p, t in table.items():
-      lines.append(f"| {p} | " + " | ".join(
-          fmt(t[f"generation_{g}"]["best_val_checkpoint_test_accuracy"]) for g in range(num))
-          + " |")
-    lines += ["", f"Secondary information per generation ({schedule} lambda; test split):", "",
-              "| patriarch | metric | " + " | ".join(f"g={g}" for g in range(num)) + " | "
-              f"ensemble 1..{num - 1} |", "|---|---|" + "---|" * (num + 1)]
-    for p, t in table.items():
-      for m in sec_cols:
-        lines.append(f"| {p} | {m} | " + " | ".join(fmt(t[f"generation_{g}"][m], 3)
-                                                    for g in range(num))
-                     + f" | {fmt(t[f'ensemble_{num - 1}'][m], 3)} |")
+              "generation's teacher is the final model, not this one):"), ""]
+    lines += report.table(
+        ["patriarch", *[f"g={g}" for g in gens]],
+        [[p, *[fmt(t[f"generation_{g}"]["best_val_checkpoint_test_accuracy"]) for g in gens]]
+         for p, t in table.items()])
+    lines += ["", f"Secondary information per generation ({schedule} lambda; test split):", ""]
+    lines += report.table(
+        ["patriarch", "metric", *[f"g={g}" for g in gens], f"ensemble 1..{num - 1}"],
+        [[p, m, *[fmt(t[f"generation_{g}"][m], 3) for g in gens],
+          fmt(t[f"ensemble_{num - 1}"][m], 3)] for p, t in table.items() for m in sec_cols])
     lines.append("")
   lines += ["## Run time per chain (seconds)", "",
             ("`train_seconds`: the trainer's, summed over the chain's generations (a rising "
              "chain's shared patriarch counted in its constant chain); `this invocation`: the "
-             "wall time of the chain in the invocation that wrote this file."), "",
-            "| chain | train_seconds | this invocation |", "|---|---|---|"]
-  lines += [f"| {k} | {v['train_seconds']} | {v['this_invocation']} |"
-            for k, v in r["chain_seconds"].items()]
+             "wall time of the chain in the invocation that wrote this file."), ""]
+  lines += report.table(["chain", "train_seconds", "this invocation"],
+                        [[k, str(v["train_seconds"]), str(v["this_invocation"])]
+                         for k, v in r["chain_seconds"].items()])
   lines += ["", "## Commands", "", (f"All of it: `{r['runner']}`. Each chain on its own (same "
             "config fields, the CLI):"), ""]
   lines += [f"    {c}" for c in r["commands"]]
-  with open(os.path.join(args.out, "results.md"), "w") as f:
-    f.write("\n".join(lines) + "\n")
-
+  return lines
 
 if __name__ == "__main__":
   main()
