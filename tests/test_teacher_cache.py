@@ -1,4 +1,4 @@
-"""Teacher-output cache and mixed precision (issue 12): a cached teacher trains exactly as the
+"""Teacher-output cache and mixed precision: a cached teacher trains exactly as the
 live one (float32) or closely (float16), is written once and read by later runs, never uses
 a mismatched or corrupt file, resumes identically; bfloat16 compute keeps float32 state."""
 

@@ -3,8 +3,8 @@
   PYTHONPATH=. python experiments/bench/convs.py [--models wrn_16_2,resnet8x4] [--batch 64]
       [--rounds 5] [--block-s 0.2] [--device auto|cpu|gpu] [--threads N] [--quick]
 
-Issue 12 asks, where kd_jax's raw KD step is slower than PyTorch's on a CPU, for a profile that
-shows where the time goes. A step is convolutions (forward; in the backward pass the input
+Where kd_jax's raw KD step is slower than PyTorch's on a CPU, this profile shows where the time
+goes. A step is convolutions (forward; in the backward pass the input
 gradient `dx` and the weight gradient `dw`) plus elementwise work (BatchNorm, ReLU, the loss,
 the update). For each model this script reads every convolution of its training forward pass
 from the jaxpr (input and kernel shapes, strides, padding, groups), times each distinct one

@@ -9,7 +9,7 @@ analysis counts its FLOPs. Then, per device,
 
     estimate = total steps x FLOPs per step / (utilisation x the device's dense bf16 peak)
 
-with utilisation 0.4 (issue 12's target for a large batch on a GPU; `--utilisation`). This is
+with utilisation 0.4 (the project's target for a large batch on a GPU; `--utilisation`). This is
 an estimate of a compute-bound step, NOT a measurement: no GPU or TPU step has been timed for
 these models (`python experiments/bench/step.py --device gpu` does that where one exists).
 At CIFAR's batch 64 the step does well under a TFLOP, so per-step overheads (kernel launches,

@@ -25,7 +25,7 @@ the speedup as the median of the per-round ratios (adjacent blocks share the mac
 and the best round of each (min/min), since a shared machine makes single rounds noisy. A
 third block, timed in the same rounds, is kd_jax's floor: a jitted call that returns a fresh
 `[B, C]` array and a scalar, the fixed cost every kd_jax call pays (dispatch, allocation).
-Output: one JSON line per case, then a markdown table and which cases meet issue 12's
+Output: one JSON line per case, then a markdown table and which cases meet the speed
 targets (median speedup >= 3x at C = 100, >= 2.5x at C = 1000). The exit status is 1 when
 any case disagrees.
 """
@@ -42,7 +42,7 @@ from torch.nn import functional as F
 
 from kd_jax import methods, targets
 
-TARGETS = {100: 3.0, 1000: 2.5}   # issue 12: minimum kd_jax/torch speedup per class count
+TARGETS = {100: 3.0, 1000: 2.5}   # the targets: minimum kd_jax/torch speedup per class count
 EPOCH = 1000.0                    # past every warm-up ramp (dkd: 20 epochs, tsd: 5)
 RTOL = 1e-4
 

@@ -1,7 +1,8 @@
 r"""Accuracy (and CPU speed) of bfloat16 compute and of the teacher-output cache's formats.
 
   PYTHONPATH=. python experiments/bench/precision_cache.py [--config=configs/mnist1d.py]
-      [--seeds=0,1,2] [--epochs=20] [--workdir=/tmp/exp/perf] [--out=experiments/results/bench/precision_cache]
+      [--seeds=0,1,2] [--epochs=20] [--workdir=/tmp/exp/perf]
+      [--out=experiments/results/bench/precision_cache]
 
 Per seed, alternating the compared cases so machine load hits them alike:
   1. `compute_dtype` float32 and bfloat16: the config's teacher -> student pipeline each

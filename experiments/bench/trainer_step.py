@@ -9,8 +9,8 @@ sharded batch, donation), compiles it, and times `--steps` steps. Prints one JSO
   git worktree add /tmp/kd_jax_before <commit>
   python experiments/bench/trainer_step.py --baseline=/tmp/kd_jax_before [--pair=resnet20:resnet8]
 
-A tree is recognised by its API: `kd_jax.train.step.make_train_step` (the trainer before the
-redesign: seven-argument step with accumulators) or `kd_jax.train.step.train_step`.
+A tree is recognised by its API: `kd_jax.train.step.make_train_step` (earlier trainers: a
+seven-argument step with accumulators) or `kd_jax.train.step.train_step`.
 """
 
 import argparse
@@ -51,7 +51,7 @@ def measure(teacher_name: str, student_name: str, batch_size: int, steps: int) -
                label=rng.integers(0, classes, batch_size).astype(np.int32),
                index=np.arange(batch_size, dtype=np.int32), mask=np.ones(batch_size, bool))
   replicated = parallel.replicated(mesh)
-  if hasattr(step_lib, "make_train_step"):  # the trainer before the redesign
+  if hasattr(step_lib, "make_train_step"):  # an earlier trainer's API (see the docstring)
     state = state_lib.create_train_state(student, tx, jax.random.PRNGKey(0), shape)
     accum = step_lib.init_accumulators(step_lib.metric_keys(method, classes))
     state, accum, teacher_vars, key = parallel.replicate(

@@ -12,9 +12,11 @@ split selects nothing).
 
 A bare variant label trains `--config=CONFIG:method=label`; `--variant LABEL=ARG` (repeatable)
 defines a label by a config argument (configs/common.py VARIANT_KEYS), e.g.
-`--variant lr_ds_random=method=lr_ds,criterion=random`. (The older form `label:key=value;...`
-with `--config.` keys is still read.) Runs that finished are skipped on rerun (the CLI's own
-resume), and every variant trains on the same examples (one config, one holdout).
+`--variant lr_ds_random=method=lr_ds,criterion=random`. A label may also carry `--config.`
+fields for what VARIANT_KEYS does not cover, `label:key=value;...` (the method name defaults
+to the label; results/papers/*_lr_ds were made this way). Runs that finished are skipped on
+rerun (the CLI's own resume), and every variant trains on the same examples (one config, one
+holdout). `--report_only` rewrites OUT/results.md from OUT/results.json.
 """
 
 import json
@@ -29,7 +31,7 @@ from report import mean_std
 def parse_variant(text, defined):
   """(label, config argument, `--config.` overrides) of one entry of --variants."""
   label, _, rest = text.partition(":")
-  if rest:  # the older `label:key=value;key=value` form
+  if rest:  # `label:key=value;key=value`: --config. fields
     overrides = parse_overrides(rest)
     overrides.setdefault("student.method.name", label)
     return label, "", overrides

@@ -3,8 +3,10 @@ r"""Yang et al. 2019 (arXiv 1805.05551): a tolerant teacher and training in gene
 One command per dataset, offline, in one process (the real trainer, `kd_jax.pipeline.run`
 with `generations.num = G`, per chain):
 
-  python experiments/papers/yang.py --dataset=synthetic --out=experiments/results/papers/yang_synthetic
-  python experiments/papers/yang.py --dataset=mnist1d --out=experiments/results/papers/yang_mnist1d
+  python experiments/papers/yang.py --dataset=synthetic \
+      --out=experiments/results/papers/yang_synthetic
+  python experiments/papers/yang.py --dataset=mnist1d --seeds=0,1,2,3,4 \
+      --out=experiments/results/papers/yang_mnist1d
 
 For every seed, every patriarch (generation 0) and every lambda schedule, one chain of G
 generations of the dataset's generations config (`configs/<dataset>_generations.py`: one
