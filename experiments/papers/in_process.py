@@ -4,6 +4,7 @@ Each run is the real trainer (`kd_jax.pipeline.prepare` + `kd_jax.pipeline.run`)
 workdir, so a finished run is skipped and a killed one resumes, exactly as with the CLI.
 """
 
+import argparse
 import contextlib
 import json
 import os
@@ -36,6 +37,18 @@ def speed_up_in_process_runs(cache_dir):
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
   pipeline.plots.plot_curves = lambda directory, title: None
+
+
+def run_args(doc):
+  """A parser with the flags every in-process paper script takes (--out, --workdir, --seeds,
+  --report_only); the script adds its own."""
+  p = argparse.ArgumentParser(description=doc.splitlines()[0])
+  p.add_argument("--out", required=True, help="results folder")
+  p.add_argument("--workdir", default="", help="runs folder (default OUT/runs)")
+  p.add_argument("--seeds", default="0,1,2")
+  p.add_argument("--report_only", action="store_true",
+                 help="rewrite OUT/results.md from OUT/results.json, train nothing")
+  return p
 
 
 def start(name, args):

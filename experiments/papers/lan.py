@@ -32,7 +32,6 @@ exists), OUT/*.png, OUT/timing.json; the runs go to OUT/runs (git-ignored). Fini
 skipped on rerun, so an interrupted command continues.
 """
 
-import argparse
 import os
 import time
 
@@ -43,6 +42,7 @@ from in_process import (
   append_timing,
   logits_on,
   pyplot,
+  run_args,
   start,
   synthetic_config,
 )
@@ -60,10 +60,7 @@ SCORED = ("influence_untrained", "influence_warmed", "influence_refreshed", "inf
 
 
 def parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--out", required=True, help="results folder")
-  p.add_argument("--workdir", default="", help="runs folder (default OUT/runs)")
-  p.add_argument("--seeds", default="0,1,2")
+  p = run_args(__doc__)
   p.add_argument("--teacher_epochs", default="6,3,1",
                  help="one teacher training length per error level (nominal 5%%, 15%%, 30%%)")
   p.add_argument("--correlation", type=float, default=0.5)
@@ -73,8 +70,6 @@ def parse_args(argv=None):
   p.add_argument("--warmup", type=int, default=2, help="W of the warmed student")
   p.add_argument("--refresh", type=int, default=2, help="R of the refreshed student")
   p.add_argument("--dkd_warmup", type=float, default=1.0, help="DKD's loss warm-up epochs")
-  p.add_argument("--report_only", action="store_true",
-                 help="rewrite OUT/results.md from OUT/results.json, train nothing")
   return p.parse_args(argv)
 
 

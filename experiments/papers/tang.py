@@ -38,7 +38,6 @@ CE student. Writes OUT/results.json, OUT/results.md, OUT/*.png; the runs go to O
 (git-ignored). Finished runs are skipped on rerun, so an interrupted command continues.
 """
 
-import argparse
 import os
 import time
 
@@ -51,6 +50,7 @@ from in_process import (
   append_timing,
   logits_on,
   pyplot,
+  run_args,
   start,
   synthetic_config,
 )
@@ -72,10 +72,7 @@ PLOTTED = ("ce", "kd_T1", "kd_T4", "kd_pt", "kd_sim", "kd_pt_sim")
 
 
 def parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--out", required=True, help="results folder")
-  p.add_argument("--workdir", default="", help="runs folder (default OUT/runs)")
-  p.add_argument("--seeds", default="0,1,2")
+  p = run_args(__doc__)
   p.add_argument("--correlations", default="0.0,0.25,0.5,0.75,0.9")
   add_synthetic_args(p)
   p.add_argument("--teacher_epochs", type=int, default=4)
@@ -87,8 +84,6 @@ def parse_args(argv=None):
   p.add_argument("--ls_teacher_correlation", type=float, default=0.75)
   p.add_argument("--ls_teacher_epsilon", type=float, default=0.1)
   p.add_argument("--grad_correlation", type=float, default=0.5)
-  p.add_argument("--report_only", action="store_true",
-                 help="rewrite OUT/results.md from OUT/results.json, train nothing")
   return p.parse_args(argv)
 
 

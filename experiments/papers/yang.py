@@ -33,7 +33,6 @@ Writes OUT/results.json, OUT/results.md, OUT/generations.png; the runs go to OUT
 (git-ignored). Finished generations are skipped on rerun, so an interrupted command continues.
 """
 
-import argparse
 import json
 import os
 import shlex
@@ -42,7 +41,7 @@ import time
 
 import numpy as np
 import report
-from in_process import pyplot, start
+from in_process import pyplot, run_args, start
 from report import fmt, mean_std
 
 from configs import common, mnist1d_generations, synthetic_generations
@@ -53,11 +52,8 @@ METRICS = ("accuracy", "secondary_in_superclass", "mean_entropy", "top_gap", "ec
 
 
 def parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p = run_args(__doc__)
   p.add_argument("--dataset", required=True, choices=sorted(CONFIGS))
-  p.add_argument("--out", required=True, help="results folder")
-  p.add_argument("--workdir", default="", help="runs folder (default OUT/runs)")
-  p.add_argument("--seeds", default="0,1,2")
   p.add_argument("--patriarchs", default="strict,ls,cp,eta0.3,eta0.6,eta0.9")
   p.add_argument("--rising_patriarchs", default="strict,eta0.6",
                  help="patriarchs also run with the rising lambda schedule ('' for none)")
@@ -68,8 +64,6 @@ def parse_args(argv=None):
   p.add_argument("--ls_epsilon", type=float, default=0.1)
   p.add_argument("--cp_beta", type=float, default=0.1)
   p.add_argument("--epochs", type=int, default=0, help="epochs per generation (0: config's)")
-  p.add_argument("--report_only", action="store_true",
-                 help="rewrite OUT/results.md from OUT/results.json, train nothing")
   return p.parse_args(argv)
 
 
