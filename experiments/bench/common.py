@@ -25,7 +25,7 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 if _ROOT not in sys.path:
   sys.path.insert(0, _ROOT)
 
-from kd_jax.train import parallel
+from kd_jax import cpu_flags
 
 
 def xla_cpu_threads() -> int:
@@ -74,14 +74,14 @@ def add_timing_args(parser, rounds: int, block_s: float) -> None:
 def setup(device: str, threads: int | None = None):
   """Resolves `device` ("auto", "cpu", "gpu") for both frameworks; sets torch's threads.
 
-  Adds kd_jax's XLA:CPU flags (`parallel.use_cpu_xla_flags`, as `kd_jax.main` does).
+  Adds kd_jax's XLA:CPU flags (`kd_jax.cpu_flags.use_cpu_xla_flags`, as `kd_jax.main` does).
   `threads` (optional) first pins the process to that many CPUs (`restrict_cpus`); by
   default every CPU the process may use. Torch gets the XLA CPU client's thread count.
   Returns (jax_backend, torch_device, threads). Raises SystemExit when "gpu" is asked for
   but JAX or torch has no GPU.
   """
   # kd_jax's XLA:CPU flags, as the trainer runs with them (before JAX starts a backend).
-  parallel.use_cpu_xla_flags()
+  cpu_flags.use_cpu_xla_flags()
   if threads is not None:
     restrict_cpus(threads)
   select_jax_platform(device)

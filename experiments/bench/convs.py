@@ -19,7 +19,7 @@ and, as the reference they add up to, the model's whole forward + backward in tr
 (BatchNorm batch statistics; the loss is mean(logits^2), so the step is the network alone).
 Per model it prints the times multiplied by how often each convolution occurs: milliseconds
 per step by part, each part's share of kd_jax's forward + backward, and kd_jax / torch.
-XLA runs with the trainer's CPU flags (`kd_jax.train.parallel.CPU_XLA_FLAGS`: convolutions by
+XLA runs with the trainer's CPU flags (`kd_jax.cpu_flags.CPU_XLA_FLAGS`: convolutions by
 XLA itself, not YNNPACK); to profile jaxlib's default instead, run with
 `XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=+individual_convolution`.
 Output: one JSON line per distinct convolution and per model, then a markdown table per model.

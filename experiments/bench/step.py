@@ -52,7 +52,7 @@ executable) and the first call's time, the jit cache size after every step (1 = 
 recompilation), XLA's FLOP count of the step (`cost_analysis()["flops"]`) and the achieved
 FLOP/s of each implementation (same count: the same computation). Both frameworks get the
 same number of CPU threads; XLA runs with the trainer's CPU flags
-(`kd_jax.train.parallel.CPU_XLA_FLAGS`, unless XLA_FLAGS sets them); `--host-devices N` (CPU) splits the CPU into N XLA devices and
+(`kd_jax.cpu_flags.CPU_XLA_FLAGS`, unless XLA_FLAGS sets them); `--host-devices N` (CPU) splits the CPU into N XLA devices and
 shards kd_jax's batch over them as the trainer does (`kd_jax.train.parallel`; BatchNorm
 statistics stay those of the whole batch), because one XLA:CPU device uses several cores
 poorly for these networks; `--device gpu` (or `auto` on a GPU machine) runs JAX on its

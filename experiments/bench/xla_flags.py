@@ -5,7 +5,7 @@
 
 XLA flags are read once per process, so every setting runs `experiments/bench/step.py` in its
 own process: the default (empty XLA_FLAGS, to which bench_step adds kd_jax's own CPU flags,
-`kd_jax.train.parallel.CPU_XLA_FLAGS`, as the trainer does; a setting that names one of those
+`kd_jax.cpu_flags.CPU_XLA_FLAGS`, as the trainer does; a setting that names one of those
 flags replaces it) and each setting in `--flags` (settings separated
 by ";", flags within a setting by spaces), `--repeats` times, the order rotating each repeat
 so a load change on a shared machine hits every setting. Each bench_step process alternates

@@ -19,12 +19,12 @@ import jax  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
 from configs import synthetic  # pylint: disable=g-import-not-at-top
-from kd_jax import models, pipeline  # pylint: disable=g-import-not-at-top
+from kd_jax import cpu_flags, models, pipeline  # pylint: disable=g-import-not-at-top
 from kd_jax.train import evaluate, parallel  # pylint: disable=g-import-not-at-top
 
 # The trainer's XLA:CPU flags, as `python -m kd_jax.main` sets them (read when JAX starts its
 # backend, which no import above does).
-parallel.use_cpu_xla_flags()
+cpu_flags.use_cpu_xla_flags()
 
 
 def speed_up_in_process_runs(cache_dir):
