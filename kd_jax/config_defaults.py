@@ -178,9 +178,9 @@ def get_config() -> ml_collections.ConfigDict:
       damping=1e-3,                # added to the Hessian's diagonal (exact, diagonal)
       model="student",             # whose features and classifier are scored: student|teacher
       # W: CE only (no teacher) for W epochs, then round 0. Default 0 (round 0 scores the
-      # untrained student): in experiments/results/lan (lr_ds, influence, r = 0.5, 3 teacher
-      # error levels x 3 seeds) a warmed (W = 2) or refreshed student scored no better than
-      # the untrained one and none beat the random control; see experiments/results/lan/NOTES.md.
+      # untrained student): in experiments/results/papers/lan (lr_ds, influence, r = 0.5,
+      # 3 teacher error levels x 3 seeds) a warmed (W = 2) or refreshed student scored no
+      # better than the untrained one and none beat the random control (its NOTES.md).
       warmup_epochs=0,
       refresh_epochs=0,            # R: 0 = one round; R > 0: a round every R epochs after W
       margin_space="prob",         # teacher_margin in "prob" or "logit" space

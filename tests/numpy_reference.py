@@ -1,7 +1,7 @@
 """Plain-NumPy float64 references for `kd_jax.losses` and `kd_jax.targets`.
 
-Written from the equations in SPEC.md ("Methods"), independently of the JAX code, so the
-tests compare two implementations rather than one with itself. Every function works on the
+Written from the equations in the docstrings of `kd_jax.losses`, `kd_jax.targets` and
+`kd_jax.methods`, independently of the JAX code, so the tests compare two implementations rather than one with itself. Every function works on the
 last axis (classes) and broadcasts over any leading axes; inputs are upcast to float64.
 Log-probabilities use max-subtraction, so logits of magnitude 1e4 stay finite here.
 """
@@ -319,7 +319,8 @@ def lr_mse_batch_objective(student_logits, teacher_logits, labels, real, supervi
 def with_bad_labels(labels, num_classes):
   """`(labels with entry 0 set to -1 and the last to C, bad mask)`: the out-of-range cases.
 
-  -1 used to be read as class C-1 (negative indices wrap) and C gave NaN or finite garbage.
+  Both are what plain indexing gets wrong: -1 reads class C-1 (negative indices wrap), C reads
+  NaN or garbage.
   """
   bad_labels = np.array(labels, copy=True)
   bad_labels[0], bad_labels[-1] = -1, num_classes

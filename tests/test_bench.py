@@ -29,13 +29,13 @@ def _records(stdout: str) -> list[dict]:
 
 def test_bench_scripts_quick():
   env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
-  runs = {"bench_losses.py": ("bench_losses.py", "--device", "cpu"),
-          "bench_step.py": ("bench_step.py", "--device", "cpu"),
-          "bench_step.py sharded": ("bench_step.py", "--host-devices", "2"),
-          "bench_convs.py": ("bench_convs.py", "--device", "cpu"),
-          "bench_topk.py": ("bench_topk.py", "--device", "cpu")}
+  runs = {"losses.py": ("losses.py", "--device", "cpu"),
+          "step.py": ("step.py", "--device", "cpu"),
+          "step.py sharded": ("step.py", "--host-devices", "2"),
+          "convs.py": ("convs.py", "--device", "cpu"),
+          "topk.py": ("topk.py", "--device", "cpu")}
   processes = {
-      name: subprocess.Popen([sys.executable, str(ROOT / "experiments" / script), "--quick",
+      name: subprocess.Popen([sys.executable, str(ROOT / "experiments" / "bench" / script), "--quick",
                               *flags],
                              cwd=ROOT, env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
@@ -46,7 +46,7 @@ def test_bench_scripts_quick():
     assert process.returncode == 0, f"{name} failed:\n{stdout[-3000:]}\n{stderr[-3000:]}"
     outputs[name] = _records(stdout)
 
-  losses = outputs["bench_losses.py"]
+  losses = outputs["losses.py"]
   assert losses[0]["kind"] == "environment" and losses[0]["threads"] >= 1
   cases = [r for r in losses if r["kind"] == "loss"]
   # Every method of the table but the *_ds names (per example they are their base method).
@@ -58,7 +58,7 @@ def test_bench_scripts_quick():
     assert r["jax_floor_us"] > 0 and set(r["reps_per_round"]) == {"jax", "torch", "floor"}
     assert r["cache_size"] == 1
 
-  for run, devices in (("bench_step.py", 1), ("bench_step.py sharded", 2)):
+  for run, devices in (("step.py", 1), ("step.py sharded", 2)):
     steps = [r for r in outputs[run] if r["kind"] == "step"]
     assert steps
     for r in steps:
@@ -70,20 +70,20 @@ def test_bench_scripts_quick():
       assert r["jax_images_per_s"] > 0 and r["torch_images_per_s"] > 0
       assert r["flops_per_step"] > 0
   # Sharded, XLA reports the per-device program; the benchmark counts every device's share.
-  assert ([r["flops_per_step"] for r in outputs["bench_step.py sharded"] if r["kind"] == "step"]
-          == pytest.approx([r["flops_per_step"] for r in outputs["bench_step.py"]
+  assert ([r["flops_per_step"] for r in outputs["step.py sharded"] if r["kind"] == "step"]
+          == pytest.approx([r["flops_per_step"] for r in outputs["step.py"]
                             if r["kind"] == "step"], rel=0.05))
 
-  (model,) = [r for r in outputs["bench_convs.py"] if r["kind"] == "model"]
+  (model,) = [r for r in outputs["convs.py"] if r["kind"] == "model"]
   # resnet8: the stem, two per basic block (3 stages x 1 block) and two 1x1 shortcuts.
   assert model["model"] == "resnet8" and model["convolutions"] == 9
-  convolutions = [r for r in outputs["bench_convs.py"] if r["kind"] == "convolution"]
+  convolutions = [r for r in outputs["convs.py"] if r["kind"] == "convolution"]
   assert sum(r["count"] for r in convolutions) == 9
   for r in convolutions:
     assert all(r[f"{impl}_{part}_ms"] > 0 for impl in ("kd_jax", "torch")
                for part in ("fwd", "dx", "dw")), r
 
-  selections = [r for r in outputs["bench_topk.py"] if r["kind"] == "topk"]
+  selections = [r for r in outputs["topk.py"] if r["kind"] == "topk"]
   assert [(r["C"], r["k"]) for r in selections] == [(60, 4), (500, 6)]
   for r in selections:
     assert set(r["agree"]) == {"top_k", "rounds", "columns"}, r

@@ -1,4 +1,4 @@
-"""The method table against NumPy references written from SPEC.md's objectives, plus validation.
+"""The method table against NumPy references written from its objectives, plus validation.
 
 The references are `tests/numpy_reference.py` (float64, written from the equations); the
 hand-worked cases check values that follow from the definitions alone.
@@ -30,7 +30,8 @@ def _build_target(cfg, name, q, y, sim):
 
 
 def _reference(cfg, zs, zt, y, sim, epoch):
-  """Per-example objective of each method (kl form of LR), straight from SPEC.md."""
+  """Per-example objective of each method (kl form of LR), straight from kd_jax/methods.py's
+  docstring."""
   n = methods.base_name(cfg.name)
   ce = ref.cross_entropy(zs, y)
   if n == "ce":

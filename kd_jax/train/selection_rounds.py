@@ -12,12 +12,12 @@ the trainer's models and data.)
 Rounds. With `selection.warmup_epochs = W` (default 0) the student first trains W epochs
 with plain CE (no example selected), then round 0 scores it at the start of epoch W; with
 `selection.refresh_epochs = R > 0`, another round starts every R epochs after that. The
-default W = 0 is measured, not assumed: in experiments/results/lan (Lan et al. on synthetic
-data, lr_ds with influence at ratio 0.5, teachers wrong on 5-30% of the training examples,
-3 seeds) neither a warmed (W > 0) nor a refreshed (R > 0) student selected better than the
-untrained one, and none of the three beat the random control. Only the teacher as the scored
-model did, by less than one std of its difference from the untrained student (see the
-results' NOTES.md). The mask
+default W = 0 is measured, not assumed: in experiments/results/papers/lan (Lan et al. on
+synthetic data, lr_ds with influence at ratio 0.5, teachers wrong on 5-30% of the training
+examples, 3 seeds) neither a warmed (W > 0) nor a refreshed (R > 0) student selected better
+than the untrained one, and none of the three beat the random control. Only the teacher as
+the scored model did, by less than one std of its difference from the untrained student
+(see the results' NOTES.md). The mask
 is part of the train state and of the checkpoint (the round's statistics are in its
 metadata), so a resumed run trains on exactly the selection it was killed with, and a round
 is recomputed only when the run reaches the next round's epoch.
