@@ -486,7 +486,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
   args = parse_args(sys.argv[1:] if argv is None else argv)
-  data_dir = os.path.expanduser(args.data_dir or prepared.default_data_dir())
+  data_dir = os.path.abspath(os.path.expanduser(args.data_dir or prepared.default_data_dir()))
   name = prepared.NAMES[args.dataset]
   archive = args.archive and os.path.expanduser(args.archive)
   final = os.path.join(prepared.dataset_dir(name, data_dir), prepared.FINAL)

@@ -47,7 +47,7 @@ def dataset_dir(name: str, data_dir: str | None) -> str:
 
 def instructions(name: str, data_dir: str | None) -> str:
   """The one-line 'not prepared' message: the command that prepares `name` in `data_dir`."""
-  directory = os.path.expanduser(data_dir or default_data_dir())
+  directory = os.path.abspath(os.path.expanduser(data_dir or default_data_dir()))
   source = ("--archive=DIR (a directory with ILSVRC2012_img_train.tar and "
             "ILSVRC2012_img_val.tar, or their extracted train/ and val/ class folders; "
             "ImageNet cannot be downloaded without an account)" if "imagenet" in name
