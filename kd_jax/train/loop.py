@@ -1,6 +1,6 @@
 """Training one model: `train(config, workdir, *, teacher=None) -> Trained`.
 
-`config` is a stage config (configs/common.py: the shared fields plus `stage`, `model`,
+`config` is a stage config (kd_jax/config_defaults.py: the shared fields plus `stage`, `model`,
 `method`, `num_epochs`); `kd_jax.train.stage.stage_config` derives one per stage from a
 config file. The run is resumable (newest good checkpoint, data iterator position and metric
 sums included), skipped when finished (its summary.json exists and its fingerprint matches),
