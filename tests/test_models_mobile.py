@@ -82,8 +82,8 @@ def test_bfloat16_compute_keeps_float32_params(name):
   x = jax.ShapeDtypeStruct((2, side, side, 3), jnp.float32)
   logits, features = jax.eval_shape(lambda v, x: model.apply(v, x, return_features=True),
                                     variables, x)
-  assert logits.shape == (2, num_classes) and logits.dtype == jnp.bfloat16
-  assert features.shape[0] == 2
+  assert logits.shape == (2, num_classes) and logits.dtype == jnp.float32  # layers.linear
+  assert features.shape[0] == 2 and features.dtype == jnp.bfloat16
   assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(variables))
 
 
