@@ -7,10 +7,11 @@ objective on them (RepDistiller's KD, label revision, mdistiller's DKD), eager `
 Both: `0.1 CE + 0.9 T^2 KL` (kd, lr at T = 4) and `CE + DKD` (alpha 1, beta 8, T = 4).
 
 Reported per method: median time per call over alternating rounds and the speedup (median of
-per-round ratios); kd_jax's compiled temporary memory (`memory_analysis()`); and for each side
-the peak resident memory above its inputs during one warm call (`VmHWM` after resetting it
-through /proc/self/clear_refs, in a child process per case, so the sides do not share a
-high-water mark).
+per-round ratios); kd_jax's compiled temporary memory (`memory_analysis()`, the gradient
+output not included); and for each side the peak resident memory above its inputs during its
+first call (kd_jax compiled ahead of time; `VmHWM` after resetting it through
+/proc/self/clear_refs), in a child process per case so the sides share no high-water mark
+and no allocator cache.
 """
 
 import functools
@@ -100,16 +101,21 @@ def _status_kib(field: str) -> int:
 
 
 def peak_above_inputs_mib(name: str, framework: str, shape) -> float:
-  """In this process: one warm call's peak resident memory above what was resident before."""
+  """In this process: the peak resident memory of one value-and-grad call above what was
+  resident before it (inputs included), kd_jax's compiled ahead of time."""
   args = _arguments(make_inputs(shape), framework)
-  out = _call(name, framework, args)  # compile, allocator warm-up
-  del out
+  if framework == "jax":
+    compiled = jax_objective(name).lower(*args).compile()
+    call = lambda: jax.block_until_ready(compiled(*args))
+  else:
+    call = lambda: torch_value_and_grad(name, *args)
   before = _status_kib("VmRSS")
   with open("/proc/self/clear_refs", "w") as clear:
     clear.write("5")                  # resets VmHWM to the current RSS
-  out = _call(name, framework, args)
+  out = call()
+  peak = _status_kib("VmHWM")
   del out
-  return (_status_kib("VmHWM") - before) / 1024
+  return (peak - before) / 1024
 
 
 def _peak_in_child(name: str, framework: str, args) -> float | None:
@@ -168,7 +174,8 @@ def main(args) -> int:
   print(f"token-level value_and_grad of the masked-mean objective, [B, T, V] = {shape}, "
         f"{records[0]['real_tokens']} real tokens; {backend} JAX vs torch {torch_device}, "
         f"{threads} threads each; {args.rounds} alternating rounds (median); memory: kd_jax's "
-        "compiled temporaries, and each side's peak RSS above its inputs in a child process")
+        "compiled temporaries, and each side's peak RSS above its inputs during its first "
+        "call (gradient included), in a child process")
   rows = [[r["method"], r["jax_ms"], r["torch_ms"], f"{r['speedup']:.2f}x", r["jax_temp_mib"],
            r["jax_peak_mib"], r["torch_peak_mib"], "ok" if r["agree"] else "FAIL"]
           for r in records]
