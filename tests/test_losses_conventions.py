@@ -147,14 +147,22 @@ def test_where_keeps_the_other_examples_values_and_gradients():
   """Excluding an example changes nothing for the others (value or gradient)."""
   d = _inputs((4, 9), seed=3)
   where = np.array([True, False, True, True])
-  for name, (call, _) in LOSSES.items():
-    def value_and_grad(w, call=call):
-      return jax.value_and_grad(lambda zs: jnp.sum(call({**d, "zs": zs}, w)))(d["zs"])
-    (_, g_all), (_, g_some) = value_and_grad(None), value_and_grad(where)
-    np.testing.assert_allclose(g_some[where], g_all[where], rtol=1e-6, atol=1e-8,
+
+  @jax.jit
+  def values_and_grads(zs, w):
+    return {name: jax.value_and_grad(lambda z, call=call: jnp.sum(call({**d, "zs": z}, w)))(zs)
+            for name, (call, _) in LOSSES.items()}
+
+  everything = values_and_grads(d["zs"], np.ones(4, bool))
+  some = values_and_grads(d["zs"], where)
+  per_example = jax.jit(lambda w: {n: c(d, w) for n, (c, _) in LOSSES.items()})
+  all_values, some_values = per_example(np.ones(4, bool)), per_example(where)
+  for name in LOSSES:
+    np.testing.assert_allclose(some[name][1][where], everything[name][1][where], rtol=1e-6,
+                               atol=1e-8, err_msg=name)
+    np.testing.assert_allclose(some_values[name][where], all_values[name][where], rtol=1e-6,
                                err_msg=name)
-    np.testing.assert_allclose(call(d, where)[where], call(d, None)[where], rtol=1e-6,
-                               err_msg=name)
+    np.testing.assert_array_equal(some_values[name][~where], 0.0, err_msg=name)
 
 
 def test_where_shape_is_checked():
@@ -225,8 +233,8 @@ def test_token_level_matches_mdistiller():
   }
   for name, (expected, ours) in oracles.items():
     (grad,) = torch.autograd.grad(expected.sum(), zs)
-    our_grad = jax.grad(lambda z, f=ours: jnp.sum(f(z)))(d["zs"])
-    per_token = ours(d["zs"])
+    our_grad = jax.jit(jax.grad(lambda z, f=ours: jnp.sum(f(z))))(d["zs"])
+    per_token = jax.jit(ours)(d["zs"])
     np.testing.assert_allclose(per_token[where], expected.detach().numpy(), rtol=1e-4,
                                atol=1e-6, err_msg=name)
     np.testing.assert_array_equal(np.asarray(per_token)[~where], 0.0)

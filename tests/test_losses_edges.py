@@ -205,7 +205,7 @@ def _tied_rows(b, c, seed):
   return x
 
 
-@pytest.mark.parametrize("c", [2, 10, 100])
+@pytest.mark.parametrize("c", [2, 100])
 def test_tsd_ties_pick_the_lowest_index(c):
   """TSD's classes are lax.top_k's (ties at the k-th value to the lowest index): value and
   gradient equal TSD built from a stable descending argsort of p."""
@@ -226,7 +226,7 @@ def test_tsd_ties_pick_the_lowest_index(c):
     return p[np.arange(5), labels] - jnp.take_along_axis(p, others, -1).mean(-1)
 
   for labels in (None, y):
-    ours = jax.value_and_grad(lambda z, l=labels: losses.tsd(z, k, labels=l).sum())(z)
+    ours = jax.jit(jax.value_and_grad(lambda z, l=labels: losses.tsd(z, k, labels=l).sum()))(z)
     want = jax.value_and_grad(lambda z, l=labels: sorted_tsd(z, l).sum())(z)
     np.testing.assert_allclose(ours[0], want[0], rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(ours[1], want[1], rtol=1e-5, atol=1e-7)
@@ -248,8 +248,9 @@ def test_bfloat16_logits_of_1e4_give_finite_values_and_gradients():
       "dkd_to_targets": lambda z: losses.dkd_to_targets(z, q, y, 1.0, 8.0, T),
       "label_smoothing": lambda z: losses.label_smoothing_cross_entropy(z, y, 0.1),
   }
-  for name, loss in cases.items():
-    value, grad = jax.jit(jax.value_and_grad(lambda z, f=loss: jnp.sum(f(z))))(zs)
+  results = jax.jit(lambda z: {name: jax.value_and_grad(lambda z, f=f: jnp.sum(f(z)))(z)
+                               for name, f in cases.items()})(zs)
+  for name, (value, grad) in results.items():
     assert np.isfinite(value), name
     assert grad.dtype == jnp.bfloat16 and np.all(np.isfinite(np.asarray(grad, np.float32))), name
 
