@@ -240,3 +240,24 @@ def test_token_level_matches_mdistiller():
     np.testing.assert_array_equal(np.asarray(per_token)[~where], 0.0)
     np.testing.assert_allclose(np.asarray(our_grad)[where], grad.numpy(), rtol=1e-4,
                                atol=1e-6, err_msg=name)
+
+
+def test_library_modules_import_only_the_private_checks():
+  """SPEC's layout: losses and targets import nothing of kd_jax but `_validation`; methods
+  adds losses and targets, so a method block reaches the losses from the train step through
+  4 modules (step -> methods -> losses / targets -> _validation)."""
+  import ast
+  import pathlib
+
+  allowed = {"losses": {"kd_jax._validation"}, "targets": {"kd_jax._validation"},
+             "methods": {"kd_jax.losses", "kd_jax.targets", "kd_jax._validation"}}
+  package = pathlib.Path(losses.__file__).parent
+  for name, expected in allowed.items():
+    imported = set()
+    for node in ast.walk(ast.parse((package / f"{name}.py").read_text())):
+      if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("kd_jax"):
+        imported |= ({f"kd_jax.{a.name}" for a in node.names} if node.module == "kd_jax"
+                     else {node.module})
+      elif isinstance(node, ast.Import):
+        imported |= {a.name for a in node.names if a.name.startswith("kd_jax")}
+    assert imported == expected, (name, imported)
