@@ -104,6 +104,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from kd_jax import losses, targets
+from kd_jax._validation import fail
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -245,7 +246,7 @@ def tsd_weight(config, epoch):
 
 
 def _fail(field, value, allowed):
-  raise ValueError(f"method.{field}={value!r} is not allowed: {allowed}")
+  fail(f"method.{field}", value, allowed)
 
 
 def validate(config, num_classes: int) -> None:

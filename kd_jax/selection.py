@@ -41,149 +41,77 @@ O(N D C) pass), and callers may reuse a vector to rescore.
 
 Every pass over the N examples loops over fixed-size chunks (the last padded and masked, so
 each jitted kernel compiles once); features may be a host NumPy array (copied chunk by chunk)
-or a device array.
+or a device array. The numerics are in `kd_jax._influence`.
 
-Integer labels are checked eagerly by the same rule as `kd_jax.losses`: integers in `[0, C)`,
-else a ValueError naming the first bad label (float `[N]` labels are refused, not read as
-classes); in the jittable `per_example_grads` a bad traced label gives NaN gradients for that
-example. This module imports nothing else of kd_jax but `losses` and `targets`.
+Arguments follow `kd_jax.losses` (its module docstring): integer labels in `[0, C)` and
+`[N, C]` target distributions are checked eagerly (ValueError naming the first bad label, or
+saying whether a distribution looks like logits; float `[N]` labels are refused, not read as
+classes). The jittable functions (`per_example_grads`, `example_scores`,
+`teacher_margin_scores`, `teacher_correct_scores`) give NaN for that example when a traced
+label is bad. `influence_vector` and `influence_scores` solve on the host (a conjugate
+gradient loop that tests convergence) and refuse traced inputs. An empty training set gives
+empty scores. This module imports nothing else of kd_jax but `targets` (through
+`_influence`) and the private checks (`_validation`).
 """
 
-import warnings
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
-from kd_jax import targets as _targets
-from kd_jax.losses import _checked_labels
+from kd_jax import _influence as core
+from kd_jax import _validation as v
+
+Array = jax.Array
 
 HESSIANS = ("exact", "diagonal", "identity")
 CRITERIA = ("influence", "teacher_correct", "teacher_margin", "random")
 DEFAULT_CHUNK_SIZE = 8192
-# Matmuls at full float32 precision: TPUs/GPUs would otherwise use bfloat16/TF32 passes,
-# which CG and the small influence differences do not tolerate.
-_PRECISION = jax.lax.Precision.HIGHEST
-
-
-def _logits(params, features):
-  kernel, bias = params
-  return jnp.dot(features.astype(jnp.float32), kernel, precision=_PRECISION) + bias
-
-
-def _as_targets(labels, num_classes):
-  """Integer labels `[B]` -> one-hot `[B, C]`; target distributions `[B, C]` pass through."""
-  if labels.ndim == 1:
-    return _targets.one_hot(labels, num_classes)
-  return labels.astype(jnp.float32)
-
-
-def _weighted_ce_sum(params, features, targets, weights):
-  """`sum_i w_i CE_i`; the weights mask the padding of the last chunk."""
-  log_probs = jax.nn.log_softmax(_logits(params, features))
-  return -jnp.sum(weights * jnp.sum(targets * log_probs, axis=-1))
-
-
-def _logit_grads(params, features, targets):
-  """`dCE_i/dz_i = p_i sum_c t_ic - t_i`, `[B, C]` (`p_i - t_i` for distributions)."""
-  probs = jax.nn.softmax(_logits(params, features))
-  return probs * jnp.sum(targets, axis=-1, keepdims=True) - targets
-
-
-@jax.jit
-def _chunk_grad_sum(params, features, labels, weights):
-  targets = _as_targets(labels, params[1].shape[0])
-  return jax.grad(_weighted_ce_sum)(params, features, targets, weights)
-
-
-@jax.jit
-def _chunk_hvp_sum(params, vector, features, labels, weights):
-  targets = _as_targets(labels, params[1].shape[0])
-  grad_fn = lambda p: jax.grad(_weighted_ce_sum)(p, features, targets, weights)
-  return jax.jvp(grad_fn, (params,), (vector,))[1]
-
-
-@jax.jit
-def _chunk_hessian_diagonal_sum(params, features, labels, weights):
-  """Diagonal of `sum_i w_i Hess CE_i`: `x_id^2 p_ic (1 - p_ic)` and `p_ic (1 - p_ic)`."""
-  targets = _as_targets(labels, params[1].shape[0])
-  probs = jax.nn.softmax(_logits(params, features))
-  curvature = (weights * jnp.sum(targets, -1))[:, None] * probs * (1.0 - probs)
-  squares = jnp.square(features.astype(jnp.float32))
-  return jnp.dot(squares.T, curvature, precision=_PRECISION), jnp.sum(curvature, axis=0)
-
-
-@jax.jit
-def _chunk_scores(params, vector, features, labels):
-  """`v^T g_i = (x_i @ V_kernel + v_bias) . dCE_i/dz_i`, `[B]`."""
-  targets = _as_targets(labels, params[1].shape[0])
-  logit_direction = _logits(vector, features)
-  return jnp.sum(logit_direction * _logit_grads(params, features, targets), axis=-1)
-
-
-def _padded_chunk(array, start, size):
-  piece = array[start:start + size]
-  missing = size - piece.shape[0]
-  if missing:
-    xnp = np if isinstance(piece, np.ndarray) else jnp
-    piece = xnp.pad(piece, [(0, missing)] + [(0, 0)] * (piece.ndim - 1))
-  return jnp.asarray(piece)
-
-
-def _chunks(num_examples, chunk_size, *arrays):
-  """Yields `(num_valid, weights, *chunks)`, every chunk of exactly `min(chunk_size, N)` rows."""
-  size = min(chunk_size, num_examples)
-  for start in range(0, num_examples, size):
-    valid = min(size, num_examples - start)
-    weights = (jnp.arange(size) < valid).astype(jnp.float32)
-    yield (valid, weights) + tuple(_padded_chunk(a, start, size) for a in arrays)
-
-
-def _sum_over_chunks(chunk_fn, features, labels, chunk_size, *args):
-  total = None
-  for _, weights, x, y in _chunks(features.shape[0], chunk_size, features, labels):
-    part = chunk_fn(*args, x, y, weights)
-    total = part if total is None else jax.tree.map(jnp.add, total, part)
-  return total
-
-
-def _tree_dot(a, b):
-  return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-
-
-def _axpy(alpha, x, y):
-  return jax.tree.map(lambda u, w: alpha * u + w, x, y)
 
 
 def _check_problem(features, labels, kernel, bias, name=""):
-  if kernel.ndim != 2 or bias.shape != (kernel.shape[1],):
-    raise ValueError(f"kernel.shape={kernel.shape!r}, bias.shape={bias.shape!r} are not "
-                     "allowed: need kernel [D, C] and bias [C]")
-  if features.ndim != 2 or features.shape[1] != kernel.shape[0]:
-    raise ValueError(f"{name}features.shape={features.shape!r} is not allowed: need "
-                     f"[N, D] with D={kernel.shape[0]} (kernel.shape[0])")
-  num, classes = features.shape[0], kernel.shape[1]
-  if labels.shape not in ((num,), (num, classes)):
-    raise ValueError(f"{name}labels.shape={labels.shape!r} is not allowed: need [{num}] "
-                     f"integer labels or [{num}, {classes}] target distributions")
-  if num == 0:
-    raise ValueError(f"{name}features has N=0 examples: at least one is needed")
-  if labels.ndim == 1:
-    _checked_labels(labels, classes, name=f"{name}labels")
+  """Shapes, labels (ints `[N]` in `[0, C)`) or target distributions `[N, C]`; `name` ""
+  for the training set (N = 0 allowed), "ref_" for the reference set (N >= 1)."""
+  if np.ndim(kernel) != 2 or np.shape(bias) != (np.shape(kernel)[1],):
+    raise ValueError(f"kernel.shape={np.shape(kernel)!r}, bias.shape={np.shape(bias)!r} are "
+                     "not allowed: need kernel [D, C] and bias [C]")
+  if np.ndim(features) != 2 or np.shape(features)[1] != np.shape(kernel)[0]:
+    v.fail(f"{name}features.shape", np.shape(features),
+           f"need [N, D] with D={np.shape(kernel)[0]} (kernel.shape[0])")
+  num, classes = np.shape(features)[0], np.shape(kernel)[1]
+  if np.shape(labels) not in ((num,), (num, classes)):
+    v.fail(f"{name}labels.shape", np.shape(labels),
+           f"need [{num}] integer labels or [{num}, {classes}] target distributions")
+  if num == 0 and name:
+    v.fail(f"{name}features.shape", np.shape(features), "need at least one example")
+  if np.ndim(labels) == 1:
+    v.checked_labels(labels, classes, name=f"{name}labels")
+  else:
+    v.checked_distribution(f"{name}labels", labels)
 
 
 def _check_chunk_size(chunk_size):
   if int(chunk_size) != chunk_size or chunk_size < 1:
-    raise ValueError(f"chunk_size={chunk_size!r} is not allowed: must be a positive integer")
+    v.fail("chunk_size", chunk_size, "must be a positive integer")
 
 
 def _check_nonnegative(name, value):
   if not float(value) >= 0:
-    raise ValueError(f"{name}={value!r} is not allowed: must be >= 0")
+    v.fail(name, value, "must be >= 0")
 
 
-def hessian_vector_product(features, labels, kernel, bias, vector, *, l2, damping=0.0,
-                           chunk_size=DEFAULT_CHUNK_SIZE):
+def _check_host(function, *arrays):
+  if not all(v.is_concrete(a) for a in arrays):
+    raise TypeError(f"{function} solves on the host (a conjugate gradient loop that tests "
+                    "convergence): call it outside jax.jit / vmap with concrete arrays")
+
+
+def hessian_vector_product(features: ArrayLike, labels: ArrayLike, kernel: ArrayLike,
+                           bias: ArrayLike, vector: tuple, *, l2: float, damping: float = 0.0,
+                           chunk_size: int = DEFAULT_CHUNK_SIZE) -> tuple[Array, Array]:
   """`(H + damping I) v` for `H` the Hessian of the training objective L (module docstring).
 
   Computed as `jax.jvp` of `jax.grad` of the summed CE over chunks of the data, plus
@@ -198,118 +126,107 @@ def hessian_vector_product(features, labels, kernel, bias, vector, *, l2, dampin
 
   Returns:
     `(HV_kernel [D, C], Hv_bias [C])` float32.
+
+  >>> import numpy as np
+  >>> from kd_jax import selection
+  >>> x, y = np.eye(2, dtype=np.float32), np.array([0, 1])
+  >>> w, b = np.zeros((2, 2), np.float32), np.zeros(2, np.float32)
+  >>> hv_kernel, hv_bias = selection.hessian_vector_product(x, y, w, b, (w, np.ones(2)), l2=0.0)
+  >>> print(hv_bias)         # the bias direction (1, 1) is a null direction of the softmax
+  [0. 0.]
   """
   _check_chunk_size(chunk_size)
-  _check_problem(features, labels, kernel, bias)
-  return _hessian_vector_product(features, labels, kernel, bias, vector, l2=l2,
+  _check_problem(features, labels, kernel, bias, name="")
+  if not np.shape(features)[0]:
+    v.fail("features.shape", np.shape(features), "need at least one example")
+  return core.hessian_vector_product(features, labels, kernel, bias, vector, l2=l2,
                                  damping=damping, chunk_size=chunk_size)
 
 
-def _hessian_vector_product(features, labels, kernel, bias, vector, *, l2, damping,
-                            chunk_size):
-  params = (jnp.asarray(kernel, jnp.float32), jnp.asarray(bias, jnp.float32))
-  vector = jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), tuple(vector))
-  summed = _sum_over_chunks(_chunk_hvp_sum, features, labels, chunk_size, params, vector)
-  hv = jax.tree.map(lambda s, v: s / features.shape[0] + damping * v, summed, vector)
-  return (hv[0] + l2 * vector[0], hv[1])
-
-
-def _hessian_diagonal(features, labels, params, l2, damping, chunk_size):
-  summed = _sum_over_chunks(_chunk_hessian_diagonal_sum, features, labels, chunk_size, params)
-  kernel_diag, bias_diag = jax.tree.map(lambda s: s / features.shape[0] + damping, summed)
-  return kernel_diag + l2, bias_diag
-
-
-def _conjugate_gradient(hvp, rhs, diagonal, tol, maxiter):
-  """Solves `A x = rhs` for symmetric PSD `A` given as `hvp`, Jacobi-preconditioned.
-
-  Hand-written rather than `jax.scipy.sparse.linalg.cg` because each product is a Python
-  loop over host-resident chunks, which cannot be traced into a `while_loop`.
-  """
-  inverse_diagonal = jax.tree.map(lambda d: 1.0 / jnp.maximum(d, 1e-12), diagonal)
-  precondition = lambda r: jax.tree.map(jnp.multiply, inverse_diagonal, r)
-  x = jax.tree.map(jnp.zeros_like, rhs)
-  residual = rhs
-  z = precondition(residual)
-  direction = z
-  rz = _tree_dot(residual, z)
-  threshold = tol * float(jnp.sqrt(_tree_dot(rhs, rhs)))
-  for _ in range(maxiter):
-    if float(jnp.sqrt(_tree_dot(residual, residual))) <= threshold:
-      return x
-    product = hvp(direction)
-    alpha = rz / _tree_dot(direction, product)
-    x = _axpy(alpha, direction, x)
-    residual = _axpy(-alpha, product, residual)
-    z = precondition(residual)
-    rz_next = _tree_dot(residual, z)
-    direction = _axpy(rz_next / rz, direction, z)
-    rz = rz_next
-  norm = float(jnp.sqrt(_tree_dot(residual, residual)))
-  if norm > threshold:
-    warnings.warn(f"conjugate gradient stopped after cg_maxiter={maxiter} iterations with "
-                  f"relative residual {norm / max(threshold / tol, 1e-30):.2e} > cg_tol={tol}; "
-                  "raise cg_maxiter or damping")
-  return x
-
-
-def influence_vector(features, labels, kernel, bias, ref_features, ref_labels, *, l2,
-                     hessian="exact", damping=1e-3, chunk_size=DEFAULT_CHUNK_SIZE,
-                     cg_tol=1e-5, cg_maxiter=500):
+def influence_vector(features: ArrayLike, labels: ArrayLike, kernel: ArrayLike,
+                     bias: ArrayLike, ref_features: ArrayLike, ref_labels: ArrayLike, *,
+                     l2: float, hessian: str = "exact", damping: float = 1e-3,
+                     chunk_size: int = DEFAULT_CHUNK_SIZE, cg_tol: float = 1e-5,
+                     cg_maxiter: int = 500) -> tuple[Array, Array]:
   """`v = (H + damping I)^{-1} g_ref`, the one solve behind every influence score.
 
   Args: as `influence_scores`.
 
   Returns:
     `(V_kernel [D, C], v_bias [C])` float32; `example_scores(..., v)` gives the scores.
+
+  >>> import numpy as np
+  >>> from kd_jax import selection
+  >>> x, y = np.eye(2, dtype=np.float32), np.array([0, 1])
+  >>> w, b = np.zeros((2, 2), np.float32), np.zeros(2, np.float32)
+  >>> v_kernel, _ = selection.influence_vector(x, y, w, b, x, y, l2=0.1, hessian="identity")
+  >>> print(v_kernel)        # H = I: the mean reference gradient
+  [[-0.25  0.25]
+   [ 0.25 -0.25]]
   """
-  if hessian not in HESSIANS:
-    raise ValueError(f"hessian={hessian!r} is not allowed: must be one of {HESSIANS}")
+  v.check_choice("hessian", hessian, HESSIANS)
   _check_nonnegative("l2", l2)
   _check_nonnegative("damping", damping)
   _check_chunk_size(chunk_size)
+  _check_host("influence_vector", features, labels, kernel, bias, ref_features, ref_labels)
   _check_problem(features, labels, kernel, bias)
   _check_problem(ref_features, ref_labels, kernel, bias, name="ref_")
   params = (jnp.asarray(kernel, jnp.float32), jnp.asarray(bias, jnp.float32))
 
-  ref_sum = _sum_over_chunks(_chunk_grad_sum, ref_features, ref_labels, chunk_size, params)
+  ref_sum = core.sum_over_chunks(core.chunk_grad_sum, ref_features, ref_labels, chunk_size, params)
   ref_grad = jax.tree.map(lambda g: g / ref_features.shape[0], ref_sum)
-  if hessian == "identity":
+  if hessian == "identity" or not features.shape[0]:
     return ref_grad
-  diagonal = _hessian_diagonal(features, labels, params, l2, damping, chunk_size)
+  diagonal = core.hessian_diagonal(features, labels, params, l2, damping, chunk_size)
   if hessian == "diagonal":
     if any(bool(jnp.any(d <= 0)) for d in diagonal):
-      raise ValueError(f"damping={damping!r} is not allowed here: the Hessian diagonal has "
-                       "zero entries (l2=0 and saturated softmax); use damping > 0")
+      v.fail("damping", damping, "the Hessian diagonal has zero entries (l2=0 and saturated "
+             "softmax); use damping > 0")
     return jax.tree.map(jnp.divide, ref_grad, diagonal)
-  hvp = lambda v: _hessian_vector_product(features, labels, *params, v, l2=l2,
+  hvp = lambda u: core.hessian_vector_product(features, labels, *params, u, l2=l2,
                                           damping=damping, chunk_size=chunk_size)
-  return _conjugate_gradient(hvp, ref_grad, diagonal, cg_tol, cg_maxiter)
+  return core.conjugate_gradient(hvp, ref_grad, diagonal, cg_tol, cg_maxiter)
 
 
-def example_scores(features, labels, kernel, bias, vector, *, chunk_size=DEFAULT_CHUNK_SIZE):
-  """`v^T g_i` for every example, `[N]` float32 NumPy, in O(N D C) without `[N, D, C]`.
+def example_scores(features: ArrayLike, labels: ArrayLike, kernel: ArrayLike, bias: ArrayLike,
+                   vector: tuple, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Array:
+  """`v^T g_i` for every example, `[N]` float32, in O(N D C) without `[N, D, C]`.
 
   `v^T g_i = (x_i @ V_kernel + v_bias) . (p_i - t_i)` (closed-form per-example gradient).
+  Jittable: traced arguments are scored in one pass (a bad traced label: NaN for that example);
+  concrete ones in chunks of `chunk_size`.
+
+  >>> import numpy as np
+  >>> from kd_jax import selection
+  >>> x, y = np.eye(2, dtype=np.float32), np.array([0, 1])
+  >>> w, b = np.zeros((2, 2), np.float32), np.zeros(2, np.float32)
+  >>> print(selection.example_scores(x, y, w, b, (np.eye(2), np.zeros(2))))
+  [-0.5 -0.5]
   """
   _check_chunk_size(chunk_size)
   _check_problem(features, labels, kernel, bias)
   params = (jnp.asarray(kernel, jnp.float32), jnp.asarray(bias, jnp.float32))
-  vector = jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), tuple(vector))
-  scores = []
-  for valid, _, x, y in _chunks(features.shape[0], chunk_size, features, labels):
-    scores.append(np.asarray(_chunk_scores(params, vector, x, y))[:valid])
-  return np.concatenate(scores).astype(np.float32)
+  vector = jax.tree.map(lambda u: jnp.asarray(u, jnp.float32), tuple(vector))
+  if not all(v.is_concrete(a) for a in (features, labels, *params, *vector)):
+    targets = core.as_targets(jnp.asarray(labels), params[1].shape[0], check=True)
+    grads = core.logit_grads(params, features, targets)
+    return jnp.sum(core.logits(vector, features) * grads, axis=-1)
+  scores = [jnp.zeros((0,), jnp.float32)]
+  for valid, _, x, y in core.chunks(np.shape(features)[0], chunk_size, features, labels):
+    scores.append(core.chunk_scores(params, vector, x, y)[:valid])
+  return jnp.concatenate(scores)
 
 
-def influence_scores(features, labels, kernel, bias, ref_features, ref_labels, *, l2,
-                     hessian="exact", damping=1e-3, chunk_size=DEFAULT_CHUNK_SIZE,
-                     cg_tol=1e-5, cg_maxiter=500):
+def influence_scores(features: ArrayLike, labels: ArrayLike, kernel: ArrayLike,
+                     bias: ArrayLike, ref_features: ArrayLike, ref_labels: ArrayLike, *,
+                     l2: float, hessian: str = "exact", damping: float = 1e-3,
+                     chunk_size: int = DEFAULT_CHUNK_SIZE, cg_tol: float = 1e-5,
+                     cg_maxiter: int = 500) -> Array:
   """Influence of up-weighting each training example on the reference loss; higher = helpful.
 
   `score_i = g_ref^T (H + damping I)^{-1} g_i = -dR/d epsilon_i` (module docstring): a
   positive score means up-weighting example i decreases the mean reference CE; removing it
-  changes the reference loss by about `+score_i / N`.
+  changes the reference loss by about `+score_i / N`. Solved on the host: not jittable.
 
   Args:
     features: `[N, D]` training features (NumPy on host or a JAX array; any float dtype,
@@ -318,7 +235,7 @@ def influence_scores(features, labels, kernel, bias, ref_features, ref_labels, *
       g_i and H.
     kernel, bias: `[D, C]`, `[C]`, the classifier at which everything is evaluated
       (ideally a minimiser of L, where the influence approximation holds).
-    ref_features, ref_labels: the reference set, `[M, D]` and `[M]` or `[M, C]`.
+    ref_features, ref_labels: the reference set, `[M, D]` and `[M]` or `[M, C]`, M >= 1.
     l2: the training objective's L2 coefficient on the kernel, `(l2/2)||kernel||^2`.
     hessian: one of `HESSIANS`: "exact" (CG solve), "diagonal", "identity" (H = I,
       damping ignored).
@@ -330,7 +247,14 @@ def influence_scores(features, labels, kernel, bias, ref_features, ref_labels, *
     cg_tol, cg_maxiter: CG stops at relative residual `cg_tol` (warns after `cg_maxiter`).
 
   Returns:
-    `[N]` float32 NumPy array.
+    `[N]` float32.
+
+  >>> import numpy as np
+  >>> from kd_jax import selection
+  >>> x, y = np.eye(2, dtype=np.float32), np.array([0, 1])
+  >>> w, b = np.zeros((2, 2), np.float32), np.zeros(2, np.float32)
+  >>> print(selection.influence_scores(x, y, w, b, x, y, l2=0.1, hessian="identity"))
+  [0.25 0.25]
   """
   vector = influence_vector(features, labels, kernel, bias, ref_features, ref_labels, l2=l2,
                             hessian=hessian, damping=damping, chunk_size=chunk_size,
@@ -338,7 +262,8 @@ def influence_scores(features, labels, kernel, bias, ref_features, ref_labels, *
   return example_scores(features, labels, kernel, bias, vector, chunk_size=chunk_size)
 
 
-def per_example_grads(features, labels, kernel, bias):
+def per_example_grads(features: ArrayLike, labels: ArrayLike, kernel: ArrayLike,
+                      bias: ArrayLike) -> tuple[Array, Array]:
   """Per-example CE gradients by `jax.vmap(jax.grad(...))`; jittable.
 
   Args:
@@ -347,25 +272,35 @@ def per_example_grads(features, labels, kernel, bias):
 
   Returns:
     `(kernel_grads [B, D, C], bias_grads [B, C])` with `g_i = grad_theta CE_i`
-    (`x_i (p_i - t_i)^T` and `p_i - t_i`), no regulariser term. Integer labels outside
-    `[0, C)`: ValueError when concrete, NaN gradients for that example when traced.
+    (`x_i (p_i - t_i)^T` and `p_i - t_i`), no regulariser term. A bad label or target row:
+    ValueError when concrete, NaN gradients for that example when traced.
+
+  >>> import numpy as np
+  >>> from kd_jax import selection
+  >>> x, y = np.eye(2, dtype=np.float32), np.array([0, 1])
+  >>> w, b = np.zeros((2, 2), np.float32), np.zeros(2, np.float32)
+  >>> print(selection.per_example_grads(x, y, w, b)[1])      # p_i - e_y
+  [[-0.5  0.5]
+   [ 0.5 -0.5]]
   """
+  if v.is_concrete(labels):
+    _check_problem(features, labels, kernel, bias)
   params = (jnp.asarray(kernel, jnp.float32), jnp.asarray(bias, jnp.float32))
-  targets = _as_targets(jnp.asarray(labels), params[1].shape[0])
+  targets = core.as_targets(jnp.asarray(labels), params[1].shape[0], check=True)
   ones = jnp.ones((1,), jnp.float32)
 
   def one_example(x, t):
-    return jax.grad(_weighted_ce_sum)(params, x[None], t[None], ones)
+    return jax.grad(core.weighted_ce_sum)(params, x[None], t[None], ones)
 
   return jax.vmap(one_example)(jnp.asarray(features), targets)
 
 
-def select(scores, ratio, *, higher_is_better=True):
+def select(scores: ArrayLike, ratio: float, *, higher_is_better: bool = True) -> np.ndarray:
   """Boolean mask `[N]` keeping the `k = floor(ratio * N + 0.5)` best-scored examples.
 
   `k` is `ratio * N` rounded half up (so ratio=0.5, N=3 keeps 2; a ratio with
   `ratio * N < 0.5` keeps none). Ties are broken by index, lower index first (a stable sort),
-  so the mask is deterministic.
+  so the mask is deterministic. Runs on the host (the mask indexes a dataset).
 
   Args:
     scores: `[N]` finite scores. ratio: the kept share, in (0, 1].
@@ -374,12 +309,16 @@ def select(scores, ratio, *, higher_is_better=True):
 
   Returns:
     `[N]` NumPy bool array with exactly k True entries.
+
+  >>> from kd_jax import selection
+  >>> print(selection.select([0.3, -1.0, 2.0, 0.5], 0.5))
+  [False False  True  True]
   """
   scores = np.asarray(scores)
   if scores.ndim != 1:
-    raise ValueError(f"scores.shape={scores.shape!r} is not allowed: need [N]")
+    v.fail("scores.shape", scores.shape, "need [N]")
   if not 0.0 < ratio <= 1.0:
-    raise ValueError(f"ratio={ratio!r} is not allowed: must be in (0, 1]")
+    v.fail("ratio", ratio, "must be in (0, 1]")
   if not np.all(np.isfinite(scores)):
     raise ValueError(f"scores has {int(np.sum(~np.isfinite(scores)))} non-finite entries; "
                      "all must be finite")
@@ -391,29 +330,20 @@ def select(scores, ratio, *, higher_is_better=True):
   return mask
 
 
-@jax.jit
-def _chunk_margins(logits, labels, use_probs):
-  logits = logits.astype(jnp.float32)
-  values = jnp.where(use_probs, jax.nn.softmax(logits), logits)
+def _margins(logits, labels, space):
+  """`y`'s score minus the best other class's, per row, in "prob" or "logit" space."""
+  values = jax.nn.softmax(logits, axis=-1) if space == "prob" else logits
   is_true = jax.nn.one_hot(labels, logits.shape[-1], dtype=bool)
   true_value = jnp.sum(jnp.where(is_true, values, 0.0), axis=-1)
-  best_other = jnp.max(jnp.where(is_true, -jnp.inf, values), axis=-1)
-  return true_value - best_other
+  return true_value - jnp.max(jnp.where(is_true, -jnp.inf, values), axis=-1)
 
 
-def _map_logits(chunk_fn, teacher_logits, labels, chunk_size, *args):
-  if teacher_logits.ndim != 2 or labels.shape != teacher_logits.shape[:1]:
-    raise ValueError(f"teacher_logits.shape={teacher_logits.shape!r}, labels.shape="
-                     f"{labels.shape!r} are not allowed: need [N, C] and [N]")
-  _checked_labels(labels, teacher_logits.shape[-1])
-  out = []
-  for valid, _, z, y in _chunks(labels.shape[0], chunk_size, teacher_logits, labels):
-    out.append(np.asarray(chunk_fn(z, y, *args))[:valid])
-  return np.concatenate(out).astype(np.float32)
+_chunk_margins = jax.jit(_margins, static_argnums=2)
 
 
-def teacher_margin_scores(teacher_logits, labels, *, space="prob",
-                          chunk_size=DEFAULT_CHUNK_SIZE):
+def teacher_margin_scores(teacher_logits: ArrayLike, labels: ArrayLike, *, space: str = "prob",
+                          chunk_size: int = DEFAULT_CHUNK_SIZE,
+                          where: ArrayLike | None = None) -> Array:
   """Teacher margin of the true class over the best other class; higher = more confident.
 
   space="prob" (default): `p_y - max_{c != y} p_c` in [-1, 1] with `p = softmax(z_t)`, the
@@ -422,34 +352,69 @@ def teacher_margin_scores(teacher_logits, labels, *, space="prob",
   (up to exact ties).
 
   Args:
-    teacher_logits: `[N, C]` (NumPy or JAX). labels: `[N]` integers in `[0, C)`.
+    teacher_logits: `[..., C]` (NumPy or JAX), C >= 2. labels: `[...]` integers in `[0, C)`.
+    space: "prob" or "logit".
+    chunk_size: rows per device pass for concrete (host) arrays; traced ones (jit, vmap) are
+      scored in one pass, a bad label giving NaN for that example.
+    where: optional bool `[...]`; 0 where False.
 
   Returns:
-    `[N]` float32 NumPy array.
+    `[...]` float32 (an empty batch gives an empty array).
+
+  >>> import numpy as np
+  >>> from kd_jax import selection
+  >>> logits = np.array([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0]])
+  >>> print(selection.teacher_margin_scores(logits, np.array([0, 0]), space="logit"))
+  [ 1. -3.]
   """
-  if space not in ("prob", "logit"):
-    raise ValueError(f"space={space!r} is not allowed: must be 'prob' or 'logit'")
-  return _map_logits(_chunk_margins, teacher_logits, labels, chunk_size, space == "prob")
+  v.check_choice("space", space, ("prob", "logit"))
+  _check_chunk_size(chunk_size)
+  z = v.classes_last(teacher_logits, -1, "teacher_logits")
+  v.check_shapes("teacher_logits", z.shape, labels=labels, where=where)
+  v.check_num_classes(z.shape[-1], "a margin over the best other class", "teacher_logits")
+  where = v.checked_where(where, z.shape[:-1])
+  labels, valid = v.checked_labels(labels, z.shape[-1], where=where)
+  if not all(v.is_concrete(a) for a in (z, labels, where)):
+    return v.finish(_margins(z, labels, space), where, valid)
+  rows, shape = z.reshape(-1, z.shape[-1]), z.shape[:-1]
+  scores = [jnp.zeros((0,), jnp.float32)]
+  for num, _, chunk, y in core.chunks(rows.shape[0], chunk_size, rows, labels.reshape(-1)):
+    scores.append(_chunk_margins(chunk, y, space)[:num])
+  return v.finish(jnp.concatenate(scores).reshape(shape), where)
 
 
-def teacher_correct_scores(teacher_logits, labels, *, chunk_size=DEFAULT_CHUNK_SIZE):
-  """1.0 where the teacher's argmax is the label, else 0.0; `[N]` float32.
+def teacher_correct_scores(teacher_logits: ArrayLike, labels: ArrayLike, *,
+                           chunk_size: int = DEFAULT_CHUNK_SIZE,
+                           where: ArrayLike | None = None) -> Array:
+  """1.0 where the teacher's argmax is the label, else 0.0; `[...]` float32.
 
   Only two values, so `select` keeps correct examples in index order when there are more
-  than it needs; `teacher_margin_scores` is the graded version.
+  than it needs; `teacher_margin_scores` is the graded version (arguments as there).
+
+  >>> import numpy as np
+  >>> from kd_jax import selection
+  >>> logits = np.array([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0]])
+  >>> print(selection.teacher_correct_scores(logits, np.array([0, 0])))
+  [1. 0.]
   """
-  margins = teacher_margin_scores(teacher_logits, labels, space="logit", chunk_size=chunk_size)
-  return (margins > 0).astype(np.float32)
+  margins = teacher_margin_scores(teacher_logits, labels, space="logit",
+                                  chunk_size=chunk_size, where=where)
+  return jnp.where(jnp.isnan(margins), jnp.nan, (margins > 0).astype(jnp.float32))
 
 
-def random_scores(n, seed):
-  """`[n]` float32 uniform [0, 1) scores from `np.random.default_rng(seed)`: the DS control."""
-  if int(n) != n or n < 1:
-    raise ValueError(f"n={n!r} is not allowed: must be a positive integer")
-  return np.random.default_rng(seed).random(int(n), dtype=np.float32)
+def random_scores(n: int, seed: int | Sequence[int]) -> Array:
+  """`[n]` float32 uniform [0, 1) scores from `np.random.default_rng(seed)`: the DS control.
+
+  >>> from kd_jax import selection
+  >>> selection.random_scores(3, 0).shape
+  (3,)
+  """
+  if int(n) != n or n < 0:
+    v.fail("n", n, "must be a non-negative integer")
+  return jnp.asarray(np.random.default_rng(seed).random(int(n), dtype=np.float32))
 
 
-def criterion_scores(criterion, **kwargs):
+def criterion_scores(criterion: str, **kwargs: Any) -> Array:
   """Scores of one selection criterion, all with higher = keep.
 
   criterion (one of `CRITERIA`) and its keyword arguments:
@@ -459,10 +424,13 @@ def criterion_scores(criterion, **kwargs):
     "random": n, seed.
 
   Returns:
-    `[N]` float32 NumPy array, ready for `select(scores, ratio)`.
+    `[N]` float32, ready for `select(scores, ratio)`.
+
+  >>> from kd_jax import selection
+  >>> selection.criterion_scores("random", n=4, seed=0).shape
+  (4,)
   """
   functions = {"influence": influence_scores, "teacher_correct": teacher_correct_scores,
                "teacher_margin": teacher_margin_scores, "random": random_scores}
-  if criterion not in functions:
-    raise ValueError(f"criterion={criterion!r} is not allowed: must be one of {CRITERIA}")
+  v.check_choice("criterion", criterion, CRITERIA)
   return functions[criterion](**kwargs)

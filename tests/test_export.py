@@ -8,10 +8,8 @@ device kernels of data-selection scoring (kd_jax/selection.py); every method's s
 MLP pair. Each module must hold no CPU-only custom call and no CPU platform branch. Under
 bfloat16 every add-reduction (average pooling, BatchNorm statistics, the classifier's bias
 gradient, ...) accumulates in float32, read from the exported module's types. `precision`
-reaches every convolution and matmul of every registered model.
-
-Code that reads `jax.default_backend()` while tracing (the CPU-tuned top-k of
-kd_jax/_loss_kernels.py) is traced as on the target accelerator.
+reaches every convolution and matmul of every registered model. (That no path is chosen
+with `jax.default_backend()` while tracing is tests/test_losses_export.py's check.)
 """
 
 import functools
@@ -34,11 +32,6 @@ BATCH, CLASSES = 8, 100
 # Custom calls that every backend implements (sharding annotations of jit and shard_map).
 PORTABLE_CUSTOM_CALLS = {"Sharding", "SPMDFullToShardShape", "SPMDShardToFullShape",
                          "mhlo.topk", "TopK"}
-
-
-@pytest.fixture(autouse=True)
-def traced_as_on_an_accelerator(monkeypatch):
-  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
 
 
 def _export(fn, *args, platform):

@@ -1,11 +1,12 @@
-"""Losses, targets and the top-k selection paths inside `jax.pmap` and `shard_map` over 4
-devices.
+"""Losses and targets inside `jax.pmap` and `shard_map` over 4 devices.
 
 The device count of the CPU backend is fixed when jax starts, so the 4 forced host devices
 (XLA_FLAGS=--xla_force_host_platform_device_count=4) live in a child process; one child runs
 every function, once per mode (single device jit, pmap, shard_map), to keep compiles few.
 Out-of-range labels (`y_bad`: -1 and C on two examples) give NaN for exactly those examples
-in every mode, and leave the other examples' values unchanged.
+in every mode, and leave the other examples' values unchanged; token-level `[B, T, C]`
+losses with a `where` mask and a NaN teacher row at a masked token give 0 there and the
+same values as unmasked elsewhere.
 """
 
 import json
@@ -21,13 +22,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax import shard_map
 from jax.sharding import Mesh, PartitionSpec as P
-from kd_jax import _loss_kernels as kernels, losses, targets
+from kd_jax import losses, targets
 
 assert jax.device_count() == 4, jax.devices()
 T = 4.0
 
 
-def everything(zs, zt, y, q, s, y_bad):
+def everything(zs, zt, y, q, s, y_bad, tokens, teacher_tokens, token_mask):
   def per_example(zs):
     qt = jax.nn.softmax(zt / T)
     return dict(
@@ -50,10 +51,14 @@ def everything(zs, zt, y, q, s, y_bad):
       bad_cross_entropy=losses.cross_entropy(zs, y_bad),
       bad_dkd=losses.dkd(zs, zt, y_bad, 1.0, 8.0, T),
       bad_revise=targets.revise(q, y_bad, 0.8), bad_sim=targets.sim(y_bad, s, 0.5))
-  # At these sizes "auto" takes lax.top_k; the faster paths (and their lax.cond) on their own:
-  for path in ("rounds", "columns"):
-    top, (pair,) = kernels.top_k_sets(q, (3,), path)
-    values[f"top3_{path}"] = jnp.where(kernels.in_top_set(q, *pair), q, -top[..., -1:])
+  # Token level: [B, T, C] with padding tokens, whose teacher rows are NaN.
+  nan_teacher = teacher_tokens
+  values.update(
+      tokens_kd=losses.kd(tokens, nan_teacher, T, where=token_mask),
+      tokens_kd_grad=jax.grad(lambda z: losses.kd(z, nan_teacher, T, where=token_mask).sum())(
+          tokens),
+      tokens_dkd=losses.dkd(tokens, nan_teacher, jnp.zeros(token_mask.shape, jnp.int32), 1.0,
+                            8.0, T, where=token_mask))
   return values
 
 
@@ -67,18 +72,27 @@ s = np.asarray(targets.class_similarity(rng.normal(size=(16, c)).astype(np.float
 y_bad = y.copy()
 y_bad[1], y_bad[6] = -1, c        # one bad example on device 0 and one on device 3 (of 4)
 bad = np.isin(np.arange(b), [1, 6])
+tokens = (rng.normal(size=(b, 3, c)) * 3).astype(np.float32)
+token_mask = np.ones((b, 3), bool)
+token_mask[2, 1:] = token_mask[5, 2] = False
+teacher_tokens = np.where(token_mask[..., None], tokens[::-1], np.nan).astype(np.float32)
 
-single = jax.jit(everything)(zs, zt, y, q, s, y_bad)
+args = (zs, zt, y, q, s, y_bad, tokens, teacher_tokens, token_mask)
+single = jax.jit(everything)(*args)
+unmasked = jax.jit(lambda z, t: losses.kd(z, t, T))(tokens, tokens[::-1])
+np.testing.assert_array_equal(np.asarray(single["tokens_kd"])[~token_mask], 0.0)
+np.testing.assert_allclose(np.asarray(single["tokens_kd"])[token_mask],
+                           np.asarray(unmasked)[token_mask], rtol=1e-6)
 
 split = lambda x: x.reshape((4, b // 4) + x.shape[1:])
-pmapped = jax.pmap(everything, in_axes=(0, 0, 0, 0, None, 0))(
-    split(zs), split(zt), split(y), split(q), s, split(y_bad))
+pmapped = jax.pmap(everything, in_axes=(0, 0, 0, 0, None, 0, 0, 0, 0))(
+    *[a if a is s else split(a) for a in args])
 pmapped = jax.tree.map(lambda x: np.asarray(x).reshape((b,) + x.shape[2:]), pmapped)
 
 mesh = Mesh(np.array(jax.devices()), ("batch",))
 sharded = jax.jit(shard_map(everything, mesh=mesh,
-                            in_specs=(P("batch"),) * 4 + (P(), P("batch")),
-                            out_specs=P("batch")))(zs, zt, y, q, s, y_bad)
+                            in_specs=(P("batch"),) * 4 + (P(),) + (P("batch"),) * 4,
+                            out_specs=P("batch")))(*args)
 
 diffs = {}
 for name, want in single.items():
@@ -109,7 +123,7 @@ def test_pmap_and_shard_map_match_single_device():
   assert proc.returncode == 0, proc.stderr[-4000:]
   line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
   diffs = json.loads(line[len("RESULT "):])
-  assert len(diffs) == 21
+  assert len(diffs) == 22
   for name, (pmap_diff, shard_map_diff) in diffs.items():
     # Same per-example arithmetic on every device: equal up to float32 rounding.
     assert pmap_diff <= 1e-6, (name, "pmap", pmap_diff)

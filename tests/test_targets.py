@@ -439,8 +439,8 @@ def test_traced_invalid_scalars_give_nan():
 
 @pytest.mark.parametrize("c", [2, 3, 10, 100, 1000])
 def test_topk_ties_at_the_kth_value_keep_the_lowest_indices(c):
-  """Rows of few distinct probabilities (ties at the k-th value: the lax.top_k fallback of the
-  selection) and rows of distinct ones, against the NumPy reference (stable sort)."""
+  """Rows of few distinct probabilities (ties at the k-th value go to the lowest index, as with
+  lax.top_k) and rows of distinct ones, against the NumPy reference (stable sort)."""
   rng = np.random.default_rng(c)
   counts = rng.integers(1, 4, size=(6, c)).astype(np.float32)
   tied = counts / counts.sum(-1, keepdims=True)
