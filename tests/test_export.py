@@ -22,7 +22,7 @@ import pytest
 from jax._src.interpreters import mlir as jax_mlir
 from jax._src.lib.mlir import ir
 
-from kd_jax import config_defaults, methods, models, selection
+from kd_jax import _influence, config_defaults, methods, models, selection
 from kd_jax.train import parallel, teacher_cache
 from kd_jax.train import state as state_lib
 from kd_jax.train import step as step_lib
@@ -173,11 +173,11 @@ def test_eval_step_and_selection_scoring_lower_for_accelerators(platform):
   features, weights = f32((n, d)), f32((n,))
   soft, hard = f32((n, CLASSES)), jax.ShapeDtypeStruct((n,), jnp.int32)
   kernels = [
-      (selection._chunk_grad_sum, (params, features, soft, weights)),
-      (selection._chunk_hvp_sum, (params, params, features, hard, weights)),
-      (selection._chunk_hessian_diagonal_sum, (params, features, soft, weights)),
-      (selection._chunk_scores, (params, params, features, soft)),
-      (selection._chunk_margins, (f32((n, CLASSES)), hard, jax.ShapeDtypeStruct((), bool))),
+      (_influence.chunk_grad_sum, (params, features, soft, weights)),
+      (_influence.chunk_hvp_sum, (params, params, features, hard, weights)),
+      (_influence.chunk_hessian_diagonal_sum, (params, features, soft, weights)),
+      (_influence.chunk_scores, (params, params, features, soft)),
+      (jax.jit(functools.partial(selection._margins, space="prob")), (f32((n, CLASSES)), hard)),
   ]
   for kernel, args in kernels:
     assert_accelerator_only(_export(kernel, *args, platform=platform), platform)
