@@ -11,12 +11,15 @@ Exit codes:
   0  done (or already finished: nothing retrained)
   1  an unexpected error (a bug: please report the traceback)
   2  bad input, reported in one line before any training: an unknown or misspelled config
-     field, a config file that is missing or does not load, a bad value, a teacher checkpoint
-     that is unfinished or of other data, a workdir of another configuration or in use by
-     another process, a workdir that cannot be written (read-only, disk full)
+     field, a config file that is missing or does not load, a bad value, a model that does
+     not fit the data, a teacher checkpoint that is unfinished, of other data or not finite,
+     a workdir of another configuration, of another kind of pipeline or in use by another
+     process; and a write that fails (read-only, disk full, file too large: the path and the
+     cause), or a teacher whose logits are not finite, at any time
   3  the loss or the weights became NaN/inf; the last good checkpoint is kept
 """
 
+import contextlib
 import sys
 
 from kd_jax._extras import requires
@@ -26,7 +29,7 @@ with requires("train", "python -m kd_jax.main"):
   from ml_collections import config_flags
 
   from kd_jax import cpu_flags, pipeline
-  from kd_jax.train import loop, parallel
+  from kd_jax.train import loop, parallel, workdir
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to an ml_collections config file (configs/*.py), optionally "
@@ -44,7 +47,8 @@ def fail(message: str, code: int = EXIT_BAD_INPUT):
 def main(argv):
   if len(argv) > 1:
     fail(f"unexpected arguments: {' '.join(argv[1:])}")
-  if not flags.FLAGS["verbosity"].present:
+  quiet = not flags.FLAGS["verbosity"].present
+  if quiet:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   try:
     config = _CONFIG.value
@@ -56,13 +60,17 @@ def main(argv):
                       dist.cpu_collectives)
   try:
     data = pipeline.prepare(config)
-    pipeline.run(config, _WORKDIR.value, data=data)
+    # The libraries' logs and thread tracebacks go to workdir/kd_jax.log, not the terminal.
+    with workdir.logs_to(_WORKDIR.value) if quiet else contextlib.nullcontext():
+      pipeline.run(config, _WORKDIR.value, data=data)
+  except workdir.WriteFailed as error:  # disk full, permission denied, file too large
+    fail(str(error))
   except ValueError as error:  # bad input: the checks and the workdir guards
     fail(f"invalid input: {error}")
   except loop.TrainingDiverged as error:
     fail(str(error), EXIT_DIVERGED)
-  except OSError as error:  # e.g. a disk that fills up while checkpointing
-    fail(f"cannot write the run's files: {error}")
+  except OSError as error:  # a write the run's own code did not name (metrics, plots)
+    fail(str(workdir.write_failed("", error)))
 
 
 def parse_flags(argv):
