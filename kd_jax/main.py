@@ -70,7 +70,7 @@ def main(argv):
   except loop.TrainingDiverged as error:
     fail(str(error), EXIT_DIVERGED)
   except OSError as error:  # a write the run's own code did not name (metrics, plots)
-    fail(str(workdir.write_failed("", error)))
+    fail(str(workdir.write_failed(error.filename or f"a file in {_WORKDIR.value}", error)))
 
 
 def parse_flags(argv):

@@ -37,7 +37,6 @@ LOCK = ".lock"
 SUMMARY = "summary.json"  # a finished run's results: its presence marks the run finished
 PIPELINE = "pipeline.json"  # the kind of pipeline a workdir holds (`claim`)
 LOG = "kd_jax.log"  # the libraries' logs during a CLI run (`logs_to`)
-PIPELINE_KINDS = ("stages", "generations")
 # Fields that do not change the result: logging, evaluation and checkpoint cadence, devices.
 # `teacher_cache`: where the teacher's outputs come from; a float32 cache is bit-identical to
 # the live teacher, and a lossy format enters the teacher's entry instead
@@ -74,8 +73,7 @@ def io_cause(error_number: int | None, fallback: str = "") -> str:
 
 
 def write_failed(path: str, error: OSError) -> WriteFailed:
-  """The one-line error of an OSError while writing `path` (None: the error's own path)."""
-  path = path or error.filename or "the run's files"
+  """The one-line error of an OSError while writing `path`."""
   return WriteFailed(f"cannot write {path}: {io_cause(error.errno, error.strerror or str(error))}")
 
 
