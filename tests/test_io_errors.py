@@ -7,8 +7,6 @@ import builtins
 import errno
 import io
 import os
-import resource
-import signal
 import subprocess
 import sys
 
@@ -28,19 +26,18 @@ from kd_jax.train import workdir as workdir_lib
 _FAST = dict(num_epochs=1, eval_test_every_epochs=0, checkpoint__every_steps=0)
 
 
-def _file_size_limit(limit: int):
-  def limited():
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a killed process
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-  return limited
+def _with_file_size_limit(args: list, blocks: int) -> list:
+  """`args` run under `ulimit -f blocks` (512 or 1024 bytes a block, by shell), SIGXFSZ
+  ignored so that a write past the limit fails with EFBIG instead of killing the process
+  (an ignored signal stays ignored across exec; no preexec_fn in a threaded parent)."""
+  return ["sh", "-c", f"trap '' XFSZ; ulimit -f {blocks}; exec \"$@\"", "sh", *args]
 
 
 def test_a_checkpoint_too_large_to_write_is_one_line_and_the_rerun_resumes(tmp_path):
   """Was exit 2 after 230-330 lines of orbax thread tracebacks."""
-  args = trainer_util.cli_args(tmp_path / "run", stages="teacher")
+  args = _with_file_size_limit(trainer_util.cli_args(tmp_path / "run", stages="teacher"), 40)
   result = subprocess.run(args, cwd=trainer_util.REPO, env=trainer_util.env(),
-                          capture_output=True, text=True, timeout=300,
-                          preexec_fn=_file_size_limit(20_000))
+                          capture_output=True, text=True, timeout=300)
   assert result.returncode == 2, result.stderr[-3000:]
   assert result.stderr.splitlines() == [(
       f"kd_jax: cannot write {tmp_path}/run/teacher/checkpoints/5: the file is too large (the "
