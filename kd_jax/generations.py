@@ -165,6 +165,7 @@ def _generation_step(config, stages, workdir, data, mesh, carry: Carry, generati
   name = stage_name(generation)
   stage = stages[name]
   stage_dir = os.path.join(workdir, name)
+  workdir_lib.claim(workdir, "generations", name, workdir_lib.fingerprint(stage))
   result = loop.train(stage, stage_dir, teacher=carry.teacher, data=data, mesh=mesh)
   final = teacher_lib.from_trained(result, stage_dir, stage.model, data.info, mesh)
   num_secondary = int(config.generations.num_secondary)

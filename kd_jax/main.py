@@ -20,11 +20,14 @@ Exit codes:
   2  bad input, reported in one line before any training: an unknown or misspelled config
      field, a config file that is missing or does not load, a bad value or config argument,
      data that is not prepared, a missing optional extra (e.g. torch for a .pth teacher), a
-     teacher checkpoint that is unfinished or of other data, a workdir of another
-     configuration or in use by another process, a workdir that cannot be written
+     model that does not fit the data, a teacher checkpoint that is unfinished, of other
+     data or not finite, a workdir of another configuration, of another kind of pipeline or
+     in use by another process; and a write that fails (read-only, disk full, file too large:
+     the path and the cause), or a teacher whose logits are not finite, at any time
   3  the loss or the weights became NaN/inf; the last good checkpoint is kept
 """
 
+import contextlib
 import difflib
 import re
 import sys
@@ -38,7 +41,7 @@ try:
     from ml_collections import config_flags
 
     from kd_jax import config_defaults, config_files, cpu_flags, pipeline
-    from kd_jax.train import loop, parallel, writer
+    from kd_jax.train import loop, parallel, workdir, writer
 except MissingExtraError as _missing:
   if __name__ != "__main__":
     raise
@@ -72,7 +75,8 @@ def _one_line(error: BaseException) -> str:
 def main(argv):
   if len(argv) > 1:
     fail(f"unexpected arguments: {' '.join(argv[1:])}")
-  if not flags.FLAGS["verbosity"].present:
+  quiet = not flags.FLAGS["verbosity"].present
+  if quiet:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   if not _WORKDIR.value:
     fail("--workdir is required: the directory of the run's checkpoints, metrics and summary")
@@ -84,17 +88,21 @@ def main(argv):
                       dist.cpu_collectives)
   try:
     data = pipeline.prepare(config)
-    pipeline.run(config, _WORKDIR.value, data=data)
+    # The libraries' logs and thread tracebacks go to workdir/kd_jax.log, not the terminal.
+    with workdir.logs_to(_WORKDIR.value) if quiet else contextlib.nullcontext():
+      pipeline.run(config, _WORKDIR.value, data=data)
   except ImportError as error:  # a missing extra, e.g. torch for a .pth teacher
     if not isinstance(error, MissingExtraError) and "pip install" not in str(error):
       raise  # not a missing extra: a bug
     fail(_one_line(error))
+  except workdir.WriteFailed as error:  # disk full, permission denied, file too large
+    fail(str(error))
   except ValueError as error:  # bad input: the checks and the workdir guards
     fail(f"invalid input: {error}")
   except loop.TrainingDiverged as error:
     fail(str(error), EXIT_DIVERGED)
-  except OSError as error:  # e.g. a disk that fills up while checkpointing
-    fail(f"cannot write the run's files: {error}")
+  except OSError as error:  # a write the run's own code did not name (metrics, plots)
+    fail(str(workdir.write_failed(error.filename or f"a file in {_WORKDIR.value}", error)))
 
 
 def _split_config(args: list[str]) -> tuple[str | None, list[str]]:

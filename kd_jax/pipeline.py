@@ -9,6 +9,11 @@ for the student's runs, so a sweep's methods all read it (kd_jax/train/teacher_c
 teacher the same process just trained is handed over in memory; one from an earlier process
 is read from its final checkpoint. Every stage resumes or skips
 on its own, so rerunning a command after a kill or after it finished is safe.
+
+Before anything trains, `prepare` checks the whole config: every stage's model fits the
+data, and a loaded teacher fits it too (`kd_jax.train.checks`). A workdir holds one kind of
+pipeline, stages or generations (`workdir.claim`): a run of the other kind stops before it
+writes anything.
 """
 
 import dataclasses
@@ -56,6 +61,8 @@ def prepare(config) -> splits.Data:
 def run(config, workdir_path: str, *, data: splits.Data | None = None) -> dict:
   """Runs the config's stages; returns and writes `workdir/summary.json`."""
   data = data or prepare(config)
+  kind = "generations" if config.generations.num else "stages"
+  workdir.check_kind(workdir_path, kind)  # before anything is written (the lock included)
   mesh = parallel.make_mesh()
   with workdir.locked(workdir_path):
     if config.generations.num:
@@ -63,13 +70,13 @@ def run(config, workdir_path: str, *, data: splits.Data | None = None) -> dict:
     summary = dict(config=config.name, dataset=data.info.name, seed=int(config.seed))
     trained_teacher = None
     if config.teacher.checkpoint and methods.needs_teacher(config.student.method.name):
-      trained_teacher = teacher.load(config.teacher.checkpoint, config.teacher.model,
-                                     data.info, mesh)
+      trained_teacher = teacher.load(config, data, mesh)
       summary["teacher"] = loaded_teacher_summary(trained_teacher, data, mesh, config,
                                                   workdir_path)
       trained_teacher = dataclasses.replace(
           trained_teacher, test_accuracy=summary["teacher"]["test_accuracy"])
     for name, stage_cfg in stages(config).items():
+      workdir.claim(workdir_path, kind, name, workdir.fingerprint(stage_cfg))
       if name == "precompute":
         summary[name] = precompute(stage_cfg, trained_teacher, data, mesh)
         continue
@@ -97,7 +104,10 @@ def precompute(student_config, trained_teacher, data, mesh) -> dict:
   cache = teacher_cache.open_cache(
       student_config, trained_teacher, stage.live_teacher_fn(student_config, trained_teacher),
       stage.training_loader(student_config, data), mesh, data.info)
-  for epoch in range(student_config.num_epochs if cache.per_epoch else 1):
+  cache.must_write = True  # filling the cache is this stage's whole job
+  epochs = range(student_config.num_epochs if cache.per_epoch else 1)
+  checks.check_cache_files(cache, epochs)
+  for epoch in epochs:
     cache.table(epoch)
   print(f"kd_jax: precompute: teacher outputs for {student_config.num_epochs} epoch(s) in "
         f"{cache.directory}/{cache.key} ({len(cache.computed)} computed, {len(cache.read)} "

@@ -138,3 +138,19 @@ def test_without_torch_the_error_says_how_to_install(monkeypatch, tmp_path):
   monkeypatch.setattr(builtins, "__import__", no_torch)
   with pytest.raises(ImportError, match=r"pip install 'kd_jax\[torch\]'"):
     models.load_torch_checkpoint(str(tmp_path / "x.pth"), "resnet8", 10)
+
+
+@pytest.mark.parametrize("tensor, value, expected", [
+    ("fc.weight", np.nan, r"non-finite values \(NaN or inf\) in params/classifier/kernel"),
+    ("layer1.0.bn1.running_mean", np.inf, "non-finite values .* batch_stats/layer1_0/bn1/mean"),
+    ("layer1.0.bn1.running_var", -1.0,
+     "negative BatchNorm variances in batch_stats/layer1_0/bn1/var"),
+])
+def test_weights_that_are_not_finite_or_negative_variances_are_refused(tensor, value,
+                                                                       expected):
+  """Such a .pth imported silently and taught a student NaN."""
+  state_dict = _resnet8_state_dict()
+  state_dict[tensor][0] = value
+  with pytest.raises(ValueError, match=rf"cannot import a torch state_dict into 'resnet8': "
+                                       rf"{expected}"):
+    models.convert_state_dict(state_dict, "resnet8", 10)

@@ -21,7 +21,8 @@ Leaves map by Flax leaf name:
 So a torch `nn.Sequential` index becomes part of a name (`downsample.0` -> `downsample_0`),
 torch layers without parameters (ReLU, pooling) need no Flax name, and a torch Conv with
 `bias=True` needs `use_bias=True` in Flax. Validation is strict: every Flax leaf is filled
-exactly once with the same shape, and no torch tensor is left unused; the error lists names.
+exactly once with the same shape, no torch tensor is left unused, every value is finite and
+every BatchNorm running variance is >= 0 (`invalid_weights`); the error lists names.
 Flatten order differs (torch NCHW, Flax NHWC), so a Linear that reads a flattened spatial map
 (not a globally pooled vector) cannot be imported by this rule; none of the zoo's
 importable models has one.
@@ -78,6 +79,33 @@ def abstract_variables(name: str, num_classes: int,
   return jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
 
 
+def invalid_weights(variables: Mapping[str, Any], shown: int = 5) -> str:
+  """What makes Flax `variables` ({params, batch_stats}) unusable as weights: leaves with
+  NaN or inf, BatchNorm variances (`batch_stats/.../var`) below 0; '' when there is none.
+  Names up to `shown` leaves of each kind."""
+  nonfinite, negative = [], []
+  for path, leaf in jax.tree_util.tree_flatten_with_path(jax.device_get(dict(variables)))[0]:
+    array = np.asarray(leaf)
+    if not np.issubdtype(array.dtype, np.inexact):
+      continue
+    name = "/".join(str(getattr(key, "key", key)) for key in path)
+    if not np.all(np.isfinite(array)):
+      nonfinite.append(name)
+    elif name.startswith("batch_stats/") and name.endswith("/var") and np.any(array < 0):
+      negative.append(name)
+
+  def listed(names):
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+  problems = []
+  if nonfinite:
+    problems.append(f"non-finite values (NaN or inf) in {listed(nonfinite)}")
+  if negative:
+    problems.append(f"negative BatchNorm variances in {listed(negative)}")
+  return "; ".join(problems)
+
+
 def _check_num_classes(state_dict, torch_classifier, num_classes):
   weight = state_dict.get(f"{torch_classifier}.weight")
   if weight is not None and weight.shape[0] != num_classes:
@@ -101,7 +129,8 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], name: str, num_clas
 
   Raises:
     ValueError: class count mismatch, a Flax leaf with no tensor, a torch tensor with no
-      Flax leaf (both listed by name), two torch tensors for one leaf, or a shape mismatch.
+      Flax leaf (both listed by name), two torch tensors for one leaf, a shape mismatch, or
+      weights that are not finite or BatchNorm variances below 0 (`invalid_weights`).
   """
   torch_classifier = registry.info(name).torch_classifier
   if torch_classifier is None:
@@ -156,6 +185,8 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], name: str, num_clas
     problems.append(f"unused torch tensors {sorted(unused.values())}")
   if wrong_shape:
     problems.append(f"shape mismatches {wrong_shape}")
+  if not problems and (invalid := invalid_weights(variables)):
+    problems.append(invalid)
   if problems:
     raise ValueError(f"cannot import a torch state_dict into {name!r}: " + "; ".join(problems))
   return variables

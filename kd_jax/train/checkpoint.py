@@ -16,11 +16,18 @@ Restoring walks the steps from the newest: a step whose items cannot be read or 
 arrays do not match the stored checksum is reported, moved to `corrupt_checkpoints/`, and
 the previous one is used. A step written by another configuration (its fingerprint differs)
 is never moved or used: `FingerprintMismatch` is raised. Orbax writes each step to a
-temporary directory renamed when complete, so a kill mid-save leaves no partial step.
+temporary directory renamed when complete, so a kill mid-save leaves no partial step, and a
+save that fails (disk full, file too large, permission denied) raises
+`workdir.WriteFailed` naming the step's directory and the cause; the rerun resumes from the
+previous step (orbax removes the unfinished temporary directory).
 """
 
+import contextlib
 import os
+import re
 import shutil
+import threading
+import time
 import zlib
 
 import jax
@@ -105,6 +112,31 @@ def _verified(manager, step: int, abstract_items: dict) -> dict:
   return dict(items, meta=meta)
 
 
+# Tensorstore reports an OS error inside its message: "... File too large [os_error_code='27']".
+_OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
+_SETTLE_SECONDS = 30.0
+
+
+def _io_errno(error: Exception) -> int | None:
+  """The errno behind a failed save: an OSError's, or the one tensorstore names."""
+  if isinstance(error, OSError):
+    return error.errno
+  match = _OS_ERROR_CODE.search(str(error))
+  return int(match.group(1)) if match else None
+
+
+def _settle(threads_before: set) -> None:
+  """Waits (boundedly) for the threads a failed save started: orbax's writer threads fail
+  one after the other and log as they do, and should do it now (into the log) rather than
+  on the terminal after the run's one-line error."""
+  deadline = time.monotonic() + _SETTLE_SECONDS
+  for thread in set(threading.enumerate()) - threads_before:
+    if not thread.daemon and thread is not threading.current_thread():
+      # orbax's threads re-raise their own failure on join: the caller knows it already.
+      with contextlib.suppress(Exception):
+        thread.join(max(0.0, deadline - time.monotonic()))
+
+
 class Checkpointer:
   """The checkpoints of one run directory (resume, best-validation, final)."""
 
@@ -122,8 +154,17 @@ class Checkpointer:
     meta = dict(meta, checksums={name: tree_checksum(items[name]) for name in ARRAY_ITEMS})
     args = {name: ocp.args.StandardSave(items[name]) for name in ARRAY_ITEMS}
     metrics = None if val_accuracy is None else dict(val_accuracy=val_accuracy, step=step)
-    self.manager.save(step, args=ocp.args.Composite(meta=ocp.args.JsonSave(meta), **args),
-                      metrics=metrics, force=True)
+    threads_before = set(threading.enumerate())
+    try:
+      self.manager.save(step, args=ocp.args.Composite(meta=ocp.args.JsonSave(meta), **args),
+                        metrics=metrics, force=True)
+    except Exception as error:  # I/O errors as one line; anything else is a bug: re-raised
+      code = _io_errno(error)
+      if code is None:
+        raise
+      _settle(threads_before)
+      raise workdir.WriteFailed(f"cannot write {self.manager.directory}/{step}: "
+                                f"{workdir.io_cause(code)}") from None
 
   def restore_latest(self, abstract_items: dict, fingerprint: dict) -> dict | None:
     """{variables, train, meta} of the newest good step, or None when there is none.

@@ -5,15 +5,36 @@ that one line and exits 2. `check_stage` checks what `kd_jax.train.train` trains
 config); `check_pipeline` checks a whole config file's pipeline (its stages, the teacher it
 loads, data selection) and `check_generations` a generations block, without training or
 loading any model.
+
+Fit checks (before the first stage trains, for every stage):
+* model <-> data (`check_model_fits`): the model's input kind takes the data's examples
+  (images [H, W, C]; signals [L] or [L, C]; vector models flatten any example), it maps a
+  batch of 2 examples to logits [2, C] (`jax.eval_shape`, no compute: a network too deep for
+  small images fails here, with the smallest size it takes), and each example's logits
+  depend on that example only (changing example 0 leaves example 1's logits unchanged: two
+  small forward passes at init, memoised per model and shape).
+* teacher <-> data (`check_teacher_checkpoint`): a kd_jax teacher run records the data it
+  trained on (`splits.record`): the same dataset name, generation seed and options, class
+  count and input shape, and no training example among this run's validation examples (a
+  teacher of another holdout slice saw them; they would select its best checkpoint). Test
+  examples are the other split of the same data, so a same-data teacher never saw them. A
+  run written before that record is checked against its fingerprint's dataset fields (the
+  same values) without the CRC32 of its examples. A PyTorch .pth records nothing of its
+  data: its class count and input shape are checked by the import, and what it was trained
+  on is the user's responsibility.
 """
 
+import functools
+import json
 import math
 import os
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 from kd_jax import methods, models, selection
-from kd_jax.train import checkpoint, teacher_cache, workdir
+from kd_jax.train import checkpoint, splits, teacher_cache, workdir
 from kd_jax.train import state as state_lib
 
 STAGES = ("teacher,student", "teacher", "student", "teacher,precompute", "precompute")
@@ -24,9 +45,6 @@ INFLUENCE_TARGETS = ("teacher", "teacher_minus_label")
 def fail(field, value, allowed):
   """Raises the one-line error every bad input gets: the field, its value, what is allowed."""
   raise ValueError(f"{field}={value!r} is not allowed: {allowed}")
-
-
-
 
 
 def _is_int(value) -> bool:
@@ -64,6 +82,7 @@ def check_stage(config, data) -> None:
   stage = config.stage
   if config.model not in models.names():
     fail(f"{stage}.model", config.model, f"must be one of {', '.join(models.names())}")
+  check_model_fits(f"{stage}.model", config.model, info)
   try:
     methods.validate(config.method, info.num_classes)
   except ValueError as error:
@@ -74,6 +93,101 @@ def check_stage(config, data) -> None:
   check_performance(config, info.num_classes)
   if methods.selects(config.method):
     check_selection(config.selection, has_validation=data.val is not None)
+
+
+# The example ranks each input kind takes (kd_jax.models.registry): vector models flatten.
+_RANKS = {"image": (3,), "signal": (1, 2), "vector": (1, 2, 3)}
+_TAKES = {"image": "images [H, W, C]", "signal": "signals [L] or [L, C]",
+          "vector": "examples of any shape"}
+_IMAGE_SIZES = (8, 16, 32, 64, 128, 224)  # tried for the smallest image a model takes
+
+
+def _describe(input_shape: tuple) -> str:
+  if len(input_shape) == 3:
+    return "{}x{}x{} images".format(*input_shape)
+  if len(input_shape) == 2:
+    return f"signals of shape {input_shape}"
+  return f"vectors of shape {input_shape}"
+
+
+@functools.lru_cache(maxsize=256)
+def _output_shape(name: str, num_classes: int, input_shape: tuple):
+  """The logits' shape for a batch of 2 examples (`jax.eval_shape`: no compute), or the
+  exception the model raises on these examples."""
+  model = models.create(name, num_classes)
+  x = jax.ShapeDtypeStruct((2, *input_shape), jnp.float32)
+  try:
+    variables = jax.eval_shape(lambda: state_lib.init_variables(model, jax.random.key(0),
+                                                                input_shape))
+    return jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x).shape
+  except Exception as error:  # a model that cannot take the shape, whatever it raises
+    return error
+
+
+def _takes(name: str, num_classes: int, input_shape: tuple) -> bool:
+  return (len(input_shape) in _RANKS[models.info(name).input_kind]
+          and _output_shape(name, num_classes, input_shape) == (2, num_classes))
+
+
+@functools.lru_cache(maxsize=64)
+def _misfit(name: str, num_classes: int, input_shape: tuple) -> str:
+  """Why model `name` cannot take examples of `input_shape` ('' when it can)."""
+  kind = models.info(name).input_kind
+  if len(input_shape) not in _RANKS[kind]:
+    return f"it takes {_TAKES[kind]}"
+  shape = _output_shape(name, num_classes, input_shape)
+  if shape != (2, num_classes):
+    if kind == "image":
+      for size in _IMAGE_SIZES:
+        if size > min(input_shape[:2]) and _takes(name, num_classes,
+                                                   (size, size, input_shape[2])):
+          return f"it needs images of at least {size}x{size}"
+    got = (f"{type(shape).__name__}: {' '.join(str(shape).split())[:150]}"
+           if isinstance(shape, Exception) else f"logits of shape {shape}")
+    return f"it cannot map a batch of 2 examples to logits [2, {num_classes}] ({got})"
+  return _mixes_examples(name, num_classes, input_shape)
+
+
+def _mixes_examples(name: str, num_classes: int, input_shape: tuple) -> str:
+  """'' when each example's logits depend on that example only: two forward passes (eval
+  mode, at init) on 2 random examples, the first example replaced in the second pass, give
+  the second example the same logits. The init is the one training runs (compiled once per
+  model and shape), the passes run op by op: no extra compilation of the model."""
+  model = models.create(name, num_classes)
+  variables = state_lib.init_variables(model, jax.random.key(0), input_shape)
+  x = jax.random.normal(jax.random.key(1), (2, *input_shape))
+  other = x.at[0].set(10.0 * jax.random.normal(jax.random.key(2), input_shape))
+  first, second = (np.asarray(model.apply(variables, batch, train=False), np.float64)
+                   for batch in (x, other))
+  scale = max(1.0, float(np.max(np.abs(first[1]))))
+  if not np.allclose(first[1], second[1], rtol=0, atol=1e-5 * scale):
+    return ("its logits for one example depend on the other examples of the batch (it does "
+            "not read axis 0 as the batch)")
+  return ""
+
+
+def check_model_fits(field: str, name: str, info) -> None:
+  """`field`'s model `name` takes `info`'s examples (see the module docstring); else the
+  one-line error names the models that would."""
+  input_shape = tuple(info.input_shape)
+  problem = _misfit(name, info.num_classes, input_shape)
+  if problem:
+    fail(field, name, f"{problem} (kd_jax.data {info.name!r} gives {_describe(input_shape)}); "
+         f"use one of {_fitting(info.num_classes, input_shape)}")
+
+
+def _fitting(num_classes: int, input_shape: tuple, shown: int = 5) -> str:
+  """The first `shown` models that take `input_shape`, smaller families first: each is
+  traced, so the ImageNet-sized ones (a registry input shape) come last and rarely run."""
+  order = sorted(models.names(), key=lambda n: (models.info(n).input_shape is not None,
+                                                n.lower()))
+  fitting = []
+  for name in order:
+    if _takes(name, num_classes, input_shape):
+      fitting.append(name)
+      if len(fitting) == shown:
+        return ", ".join(fitting) + ", ... (kd_jax.models.names())"
+  return ", ".join(fitting)
 
 
 def check_performance(config, num_classes: int) -> None:
@@ -93,16 +207,45 @@ def check_performance(config, num_classes: int) -> None:
     fail("teacher_cache.dir", cache.dir, "must be a directory path, or '' (no cache)")
   if cache.dir:
     # Create it and write a file now: a cache that cannot be written fails here, not after
-    # the teacher's first pass.
-    probe = os.path.join(cache.dir, f".write_test.{os.getpid()}")
-    try:
-      os.makedirs(cache.dir, exist_ok=True)
-      with open(probe, "w") as f:
-        f.write("ok")
-      os.remove(probe)
-    except OSError as error:
+    # the teacher's first pass. One that cannot be written but holds tables may be a shared,
+    # pre-filled cache: the stage checks the files its key needs (`check_cache_files`).
+    error = _write_error(cache.dir)
+    if error and not _holds_tables(cache.dir):
       fail("teacher_cache.dir", cache.dir, f"must be a directory this process can create "
-           f"and write ({error.strerror or error}), or '' (no cache)")
+           f"and write ({workdir.io_cause(error.errno, error.strerror)}), or '' (no cache)")
+
+
+def _write_error(directory: str) -> OSError | None:
+  """The OSError that creating `directory` and a file in it raises, or None."""
+  probe = os.path.join(directory, f".write_test.{os.getpid()}")
+  try:
+    os.makedirs(directory, exist_ok=True)
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as error:
+    return error
+  return None
+
+
+def _holds_tables(directory: str) -> bool:
+  return os.path.isdir(directory) and any(
+      os.path.isdir(os.path.join(directory, name)) for name in os.listdir(directory))
+
+
+def check_cache_files(cache, epochs) -> None:
+  """A stage's teacher cache (`teacher_cache.TeacherCache`) can serve `epochs`: every table
+  it needs is there, or can be written. A read-only cache that holds them is read; else the
+  error names the first missing file and why it cannot be written."""
+  missing = [cache.path(epoch) for epoch in epochs if not os.path.exists(cache.path(epoch))]
+  if not missing:
+    return
+  error = _write_error(os.path.join(cache.directory, cache.key))
+  if error:
+    more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+    fail("teacher_cache.dir", cache.directory, f"{missing[0]}{more} is missing and cannot "
+         f"be written ({workdir.io_cause(error.errno, error.strerror)}); fill the cache from "
+         "a run that can write it (stages=precompute), or use a writable directory")
 
 
 def _check_optim(optim, stage: str) -> None:
@@ -160,7 +303,7 @@ def check_pipeline(config, data, stage_configs: dict) -> None:
     fail("teacher.method.name", config.teacher.method.name,
           f"a teacher trained from labels uses one of {', '.join(methods.TEACHER_FREE)}")
   if config.teacher.checkpoint:
-    check_teacher_checkpoint(config.teacher.checkpoint, config.teacher.model, data.info)
+    check_teacher_checkpoint(config, data)
   student = stage_configs.get("student", stage_configs.get("precompute"))
   if (student is not None and methods.needs_teacher(student.method.name)
       and "teacher" not in stage_configs and not config.teacher.checkpoint):
@@ -200,15 +343,18 @@ def check_generations(config, num_classes: int) -> None:
     fail("generations.num_secondary", g.num_secondary, f"must lie in [1, {num_classes - 1}]")
 
 
-def check_teacher_checkpoint(path: str, model_name: str, info) -> None:
+def check_teacher_checkpoint(config, data) -> None:
   """`teacher.checkpoint` must be a .pth or a FINISHED kd_jax run (summary.json: not killed,
-  not diverged) of the same dataset, class count and input shape; reads JSON only."""
-  field = "teacher.checkpoint"
-  if not os.path.exists(path):
+  not diverged) of this run's data (see the module docstring), and `teacher.model` must fit
+  the data; reads JSON and the data's labels only."""
+  field, path, model_name, info = ("teacher.checkpoint", config.teacher.checkpoint,
+                                   config.teacher.model, data.info)
+  if not isinstance(path, str) or not os.path.exists(path):
     fail(field, path, "does not exist: name a finished kd_jax run directory or a .pth file")
+  if model_name not in models.names():
+    fail("teacher.model", model_name, f"must be one of {', '.join(models.names())}")
+  check_model_fits("teacher.model", model_name, info)
   if not os.path.isdir(path):
-    if model_name not in models.names():
-      fail("teacher.model", model_name, f"must be one of {', '.join(models.names())}")
     return
   run_dir = checkpoint.find_run_dir(path)
   summary_path = os.path.join(run_dir, workdir.SUMMARY)
@@ -223,3 +369,49 @@ def check_teacher_checkpoint(path: str, model_name: str, info) -> None:
       fail(field, path, f"was trained with {key}={summary[key]!r}; this run's is {value!r}")
   if summary.get("model") not in (None, model_name):
     fail("teacher.model", model_name, f"must be {summary['model']!r}, the model of {run_dir}")
+  _check_teacher_data(path, summary, config.dataset, data)
+
+
+def _recorded_data(path: str, summary: dict) -> dict:
+  """The teacher run's `data` record; for a run written before it, the dataset fields of its
+  fingerprint (the same values, without `train_crc32`)."""
+  if "data" in summary:
+    return summary["data"]
+  fingerprint = summary.get("fingerprint") or {}
+  if "dataset.name" not in fingerprint:
+    fail("teacher.checkpoint", path, "records neither its data nor its fingerprint (an older "
+         "kd_jax?), so whether it saw this run's validation or test examples is unknown: "
+         "retrain it")
+  prefix = "dataset.options."
+  options = {k[len(prefix):]: v for k, v in fingerprint.items() if k.startswith(prefix)}
+  return dict({k: fingerprint.get(f"dataset.{k}") for k in ("name", "seed", "holdout",
+                                                             "holdout_seed")},
+              options=options or fingerprint.get("dataset.options") or {})
+
+
+def _check_teacher_data(path: str, summary: dict, dataset, data) -> None:
+  """The teacher run trained on this run's data, and on none of its validation examples."""
+  field = "teacher.checkpoint"
+  recorded, current = _recorded_data(path, summary), splits.identity(dataset)
+  for key in ("name", "seed", "options"):
+    if json.dumps(recorded.get(key), sort_keys=True) != json.dumps(current[key], sort_keys=True):
+      fail(field, path, f"was trained on other data: dataset.{key}={recorded.get(key)!r}; this "
+           f"run's is {current[key]!r} (a teacher must be trained on the student's data)")
+  labels, _, val = splits.positions(data)
+  try:
+    teacher_train = splits.training_positions(labels, recorded["holdout"],
+                                              recorded["holdout_seed"])
+  except (TypeError, ValueError) as error:
+    fail(field, path, f"records a held-out slice this data cannot have ({error})")
+  crc = recorded.get("train_crc32")
+  if crc is not None and crc != splits.examples_crc32(labels, teacher_train):
+    fail(field, path, f"was trained on examples that this data no longer gives for "
+         f"dataset.holdout={recorded['holdout']}, holdout_seed={recorded['holdout_seed']} "
+         "(the data or its split changed since): retrain it")
+  seen = np.intersect1d(teacher_train, val).size
+  if seen:
+    fail(field, path, f"trained on {seen} of this run's {len(val)} validation examples (it "
+         f"held out dataset.holdout={recorded['holdout']} with holdout_seed="
+         f"{recorded['holdout_seed']}; this run holds out {current['holdout']} with "
+         f"{current['holdout_seed']}), and they would select the student's best checkpoint; "
+         "use the teacher's holdout and holdout_seed, or a teacher trained with this run's")

@@ -11,6 +11,7 @@ evaluation.
 
 import dataclasses
 import functools
+import itertools
 import os
 import time
 
@@ -68,10 +69,14 @@ def _diverged(stage: str, what: str, step: int, checkpointer) -> TrainingDiverge
                           f"{step}; the last good checkpoint is kept: {_last_good(checkpointer)}")
 
 
-def _save(checkpointer, state, meta: dict, metric_sums, val_accuracy=None) -> None:
-  """A checkpoint of `state`, only when its weights and pending metrics are all finite."""
+def _save(checkpointer, state, meta: dict, metric_sums, val_accuracy=None,
+          blame_teacher=None) -> None:
+  """A checkpoint of `state`, only when its weights and pending metrics are all finite
+  (else `blame_teacher()` runs first: a teacher's non-finite logits are its own error)."""
   items = state.checkpoint_items()
   if not (metric_sums.finite() and ckpt_lib.all_finite(items)):
+    if blame_teacher is not None:
+      blame_teacher()
     raise _diverged(meta["stage"], "loss or weights", meta["step"], checkpointer)
   checkpointer.save(meta["step"], items, dict(meta, metric_sums=metric_sums.state_dict()),
                     val_accuracy)
@@ -90,6 +95,20 @@ def _teacher_slot(config, teacher, loader, mesh, info):
   print(f"kd_jax: {config.stage} reads its teacher's outputs from {cache.directory}/"
         f"{cache.key} ({config.teacher_cache.format})", flush=True)
   return cache_lib.lookup, None, cache
+
+
+def _check_live_teacher(config, teacher, loader, mesh, epoch: int, first: int,
+                        last: int) -> None:
+  """After a non-finite loss: raises `TeacherLogitsNotFinite` when the live teacher's logits
+  on the batches of steps `first + 1 .. last` of `epoch` (the window behind that loss) are
+  not finite, so the teacher is blamed, as the cache blames it, not the student."""
+  forward = jax.jit(stage_lib.live_teacher_fn(config, teacher))
+  batches = itertools.islice(loader.epoch(epoch, first), last - first)
+  for offset, batch in enumerate(parallel.prefetch_to_mesh(batches, mesh, 0)):
+    if not ckpt_lib.all_finite(forward(teacher.variables, batch)):
+      step = epoch * loader.steps_per_epoch + first + offset + 1
+      raise cache_lib.TeacherLogitsNotFinite(
+          teacher.source, f"the training batch of step {step} (epoch {epoch})")
 
 
 def _class_similarity(method, teacher) -> jax.Array | None:
@@ -175,11 +194,20 @@ def train(config, workdir: str, *, teacher=None, data: splits.Data | None = None
                              for f in dataclasses.fields(Position)})
       print(f"kd_jax: {stage} resumes at step {position.step} (epoch {position.epoch}, step "
             f"{position.step_in_epoch} in epoch)", flush=True)
+    if cache is not None:  # the tables this session reads are there, or can be written
+      checks.check_cache_files(cache, range(position.epoch, config.num_epochs)
+                               if cache.per_epoch else [0])
     metric_sums = writer_lib.MetricSums(restored and restored["meta"]["metric_sums"])
     writer = writer_lib.MetricsWriter(workdir, stage, position.step if restored else None)
     clock = writer_lib.Progress(total_steps, config.batch_size)
     step, first_epoch, first_in_epoch = position.step, position.epoch, position.step_in_epoch
     seconds_before, session_start = position.train_seconds, time.time()
+
+    def blame_teacher(epoch, first, last):
+      """Before a divergence is the student's: a live teacher's non-finite logits on the
+      window of steps behind it are the teacher's error (the cache checks its tables)."""
+      if teacher is not None and cache is None:
+        _check_live_teacher(config, teacher, loader, mesh, epoch, first, last)
 
     # Loop: epochs of steps; logs, evaluations and checkpoints at their cadences.
     for epoch in range(first_epoch, config.num_epochs):
@@ -197,6 +225,7 @@ def train(config, workdir: str, *, teacher=None, data: splits.Data | None = None
         print(f"kd_jax: {stage} selection round at epoch {epoch}: {stats['num_selected']} of "
               f"{stats['num_examples']} examples selected ({stats['criterion']})", flush=True)
       start = first_in_epoch if epoch == first_epoch else 0
+      logged = start  # the in-epoch step of the last log: the window behind the next one
       batches = parallel.prefetch_to_mesh(loader.epoch(epoch, start), mesh,
                                           config.input.device_prefetch)
       for in_epoch, batch in enumerate(batches, start=start + 1):
@@ -210,17 +239,20 @@ def train(config, workdir: str, *, teacher=None, data: splits.Data | None = None
         if step % config.log_every_steps == 0 or end_of_epoch:
           values = metric_sums.window_means()
           if not np.isfinite(values["loss"]):
+            blame_teacher(epoch, logged, in_epoch)
             raise _diverged(stage, "loss", step, checkpointer)
           values.update(epoch=step / steps_per_epoch, learning_rate=float(schedule(step - 1)),
                         images_per_second=clock.images_per_second(step) or 0.0)
           writer.write_scalars(step, values, "train", clock.report(step))
+          logged = in_epoch
         # Mid-epoch saves only: the epoch's end, below, saves after its evaluations.
         if not end_of_epoch and due(step, config.checkpoint.every_steps, total_steps):
           position = Position(step, epoch, in_epoch,
                               seconds_before + time.time() - session_start)
           with clock.paused():
             _save(checkpointer, state, dict(meta, **dataclasses.asdict(position)),
-                  metric_sums)
+                  metric_sums, blame_teacher=functools.partial(blame_teacher, epoch, logged,
+                                                               in_epoch))
 
       # The epoch's end: its train means, validation (best checkpoint), test, a checkpoint.
       writer.write_scalars(step, dict(metric_sums.epoch_means(), epoch=epoch + 1),
@@ -238,7 +270,7 @@ def train(config, workdir: str, *, teacher=None, data: splits.Data | None = None
           writer.write_scalars(step, dict(test, epoch=epoch + 1), "test")
         position = Position(step, epoch + 1, 0, seconds_before + time.time() - session_start)
         _save(checkpointer, state, dict(meta, **dataclasses.asdict(position)), metric_sums,
-              val_accuracy)
+              val_accuracy, functools.partial(blame_teacher, epoch, logged, steps_per_epoch))
 
     # The final model's test metrics, and the best-validation checkpoint's (labelled).
     test = evaluate.evaluate(eval_fn, state.variables, test_loader, mesh)
@@ -250,6 +282,7 @@ def train(config, workdir: str, *, teacher=None, data: splits.Data | None = None
       best_test = evaluate.evaluate(eval_fn, best["variables"], test_loader, mesh)
     summary = dict(
         stage=stage, config=config.get("name", ""), dataset=info.name,
+        data=splits.record(config.dataset, data),
         num_classes=info.num_classes, input_shape=list(info.input_shape), model=config.model,
         method=method.name, seed=int(config.seed), num_epochs=config.num_epochs, steps=step,
         params=state_lib.param_count(state.params), test_accuracy=test["accuracy"],

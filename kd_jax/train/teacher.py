@@ -1,10 +1,12 @@
 """Where a frozen teacher comes from: a finished kd_jax run, a PyTorch .pth, or memory.
 
 A kd_jax teacher is a FINISHED run (its summary.json exists: not killed, not diverged) of
-the same dataset, class count and input shape, and it is that run's final checkpoint, with
-its checksum verified, or an error: never an earlier step. A teacher's `fingerprint` (its
-source and a CRC32 of its variables) enters the student's own fingerprint, so a student run
-is never resumed with another teacher.
+the same data (`checks.check_teacher_checkpoint`), and it is that run's final checkpoint,
+with its checksum verified, or an error: never an earlier step. A teacher's `fingerprint`
+(its source and a CRC32 of its variables) enters the student's own fingerprint, so a student
+run is never resumed with another teacher. Every teacher, read from a run, imported from a
+.pth or handed over in memory, has finite weights and BatchNorm variances >= 0, or is
+refused in one line naming it (`torch_import.invalid_weights`).
 """
 
 import dataclasses
@@ -14,6 +16,7 @@ import jax
 import numpy as np
 
 from kd_jax import models
+from kd_jax.models import torch_import
 from kd_jax.train import checkpoint as ckpt_lib
 from kd_jax.train import checks, parallel, workdir
 from kd_jax.train import state as state_lib
@@ -35,8 +38,18 @@ class Teacher:
     return dict(model=self.model_name, variables_crc32=ckpt_lib.tree_checksum(self.variables))
 
 
-def from_run(run_dir: str, model_name: str, info, mesh) -> Teacher:
-  """The final checkpoint of the finished run in `run_dir`, replicated over `mesh`."""
+def _checked(teacher: Teacher, field: str) -> Teacher:
+  """`teacher`, when its weights are finite and its BatchNorm variances >= 0."""
+  problem = torch_import.invalid_weights(teacher.variables)
+  if problem:
+    checks.fail(field, teacher.source, f"its weights are not usable as a teacher ({problem}); "
+                "retrain it or use another teacher")
+  return teacher
+
+
+def from_run(run_dir: str, model_name: str, info, mesh, *, field: str = "teacher") -> Teacher:
+  """The final checkpoint of the finished run in `run_dir`, replicated over `mesh`; `field`
+  names the teacher in errors."""
   summary = workdir.read_json(os.path.join(run_dir, workdir.SUMMARY))
   model = models.create(model_name, info.num_classes)
   try:
@@ -45,8 +58,8 @@ def from_run(run_dir: str, model_name: str, info, mesh) -> Teacher:
   except ckpt_lib.UnreadableCheckpoint as error:
     raise ValueError(f"teacher {run_dir}: {error}; a teacher is its final checkpoint, never "
                      "an earlier step: retrain it") from None
-  return Teacher(model_name, model, variables, os.path.abspath(run_dir),
-                 test_accuracy=summary.get("test_accuracy"))
+  return _checked(Teacher(model_name, model, variables, os.path.abspath(run_dir),
+                          test_accuracy=summary.get("test_accuracy")), field)
 
 
 def from_trained(trained, run_dir: str, model_name: str, info, mesh) -> Teacher:
@@ -54,12 +67,14 @@ def from_trained(trained, run_dir: str, model_name: str, info, mesh) -> Teacher:
   this process just trained it, else read from `run_dir`'s final checkpoint."""
   if trained.variables is None:
     return from_run(run_dir, model_name, info, mesh)
-  return Teacher(model_name, models.create(model_name, info.num_classes), trained.variables,
-                 os.path.abspath(run_dir), test_accuracy=trained.summary["test_accuracy"])
+  return _checked(Teacher(model_name, models.create(model_name, info.num_classes),
+                          trained.variables, os.path.abspath(run_dir),
+                          test_accuracy=trained.summary["test_accuracy"]), "teacher")
 
 
 def from_pth(path: str, model_name: str, info, mesh) -> Teacher:
-  """A PyTorch checkpoint (RepDistiller/mdistiller/torchvision layout) as a teacher."""
+  """A PyTorch checkpoint (RepDistiller/mdistiller/torchvision layout) as a teacher; the
+  import checks its class count, shapes and values (`models.load_torch_checkpoint`)."""
   try:
     variables = models.load_torch_checkpoint(path, model_name, info.num_classes,
                                              input_shape=tuple(info.input_shape))
@@ -73,12 +88,14 @@ def from_pth(path: str, model_name: str, info, mesh) -> Teacher:
                  os.path.abspath(path))
 
 
-def load(path: str, model_name: str, info, mesh) -> Teacher:
-  """`teacher.checkpoint` -> Teacher (after `checks.check_teacher_checkpoint`)."""
-  checks.check_teacher_checkpoint(path, model_name, info)
+def load(config, data, mesh) -> Teacher:
+  """`config.teacher.checkpoint` -> Teacher, after `checks.check_teacher_checkpoint`."""
+  checks.check_teacher_checkpoint(config, data)
+  path, model_name = config.teacher.checkpoint, config.teacher.model
   if os.path.isdir(path):
-    return from_run(ckpt_lib.find_run_dir(path), model_name, info, mesh)
-  return from_pth(path, model_name, info, mesh)
+    return from_run(ckpt_lib.find_run_dir(path), model_name, data.info, mesh,
+                    field="teacher.checkpoint")
+  return from_pth(path, model_name, data.info, mesh)
 
 
 def abstract_variables(model, input_shape, mesh) -> dict:

@@ -34,6 +34,14 @@ training epoch drops are 0: training batches are full, so they are never read) a
 match, is reported and recomputed; files are written atomically (temporary file + rename),
 so two runs filling one cache at once only write the same bytes twice.
 
+Shared caches: a cache directory this process cannot write is read all the same when it
+holds the tables a stage needs (a lab's pre-filled, read-only cache); only a missing table
+needs write access, and the stage stops before training, naming it
+(`checks.check_cache_files`). A table that cannot be written mid-run (disk full) is a
+warning for a training stage (it keeps the logits it computed) and an error for the
+precompute stage, whose whole job it is. The temporary files of a writer killed mid-write
+are removed by the next run that opens the key (`workdir.remove_orphans`).
+
 Formats (`teacher_cache.format`): "float32" stores the forward's exact output (a run with the
 cache is bit-identical to one without, so its fingerprint does not change); "float16" halves
 the disk and device memory (4 bytes -> 2 per logit; CIFAR-100: 10 MB per epoch of 50k
@@ -60,6 +68,16 @@ FORMATS = {"float32": np.float32, "float16": np.float16}
 EXACT_FORMAT = "float32"  # the only format whose cached logits equal the live ones bit for bit
 _VERSION = 1  # bump when the file layout or key fields change
 _FETCH_EVERY = 16  # batches dispatched before one device-to-host fetch (bounds device memory)
+
+
+class TeacherLogitsNotFinite(ValueError):
+  """The teacher's logits are NaN or inf: the teacher's fault, never the student's."""
+
+  def __init__(self, source: str, where: str):
+    super().__init__(f"teacher {source!r} gives non-finite logits (NaN or inf) on {where}: "
+                     "its weights are finite, but its outputs on this data are not usable; "
+                     "check that it was trained on this data and its input scaling, or use "
+                     "another teacher")
 
 
 def enabled(config, teacher) -> bool:
@@ -146,6 +164,8 @@ class TeacherCache:
   compute: Callable[[int | None], np.ndarray]
   computed: list = dataclasses.field(default_factory=list)  # epochs computed by this process
   read: list = dataclasses.field(default_factory=list)  # epochs read from files
+  teacher_source: str = "the teacher"  # named in errors
+  must_write: bool = False  # a table that cannot be written is an error (precompute)
 
   @property
   def key(self) -> str:
@@ -195,9 +215,10 @@ class TeacherCache:
     """Writes `logits` (already in the format's dtype) atomically (primary process).
 
     A failed write (disk full, directory removed) is reported and returns False: this run
-    goes on with the logits it holds, and a later run computes them again.
+    goes on with the logits it holds, and a later run computes them again; with
+    `must_write`, it raises `workdir.WriteFailed` on every process instead.
     """
-    written = True
+    written, failure = True, None
     if parallel.is_primary():
       directory = os.path.join(self.directory, self.key)
       meta = dict(key=self.key, epoch=self._epoch(epoch), format=self.fields["format"],
@@ -211,11 +232,15 @@ class TeacherCache:
         workdir.atomic_write(self.path(epoch), lambda tmp: np.savez(
             tmp, logits=logits, meta=np.array(json.dumps(meta))))
       except OSError as error:
-        print(f"kd_jax: warning: teacher cache {self.path(epoch)} could not be written "
-              f"({error.strerror or error}); this run uses the logits it computed",
-              flush=True)
+        failure = workdir.write_failed(self.path(epoch), error)
+        if not self.must_write:
+          print(f"kd_jax: warning: teacher cache {self.path(epoch)} could not be written "
+                f"({workdir.io_cause(error.errno, error.strerror or str(error))}); this run "
+                "uses the logits it computed", flush=True)
         written = False
     parallel.sync(f"teacher_cache_{epoch}")
+    if self.must_write and parallel.any_process(failure is not None):
+      raise failure or workdir.WriteFailed(f"cannot write {self.path(epoch)}: see process 0")
     return written
 
   def table(self, epoch: int) -> np.ndarray:
@@ -226,7 +251,8 @@ class TeacherCache:
       start = time.time()
       full = self.compute(self._epoch(epoch))
       if not np.all(np.isfinite(full)):
-        raise ValueError("the teacher's logits are not finite; nothing was cached")
+        where = f"epoch {epoch}'s views" if self.per_epoch else "the training examples"
+        raise TeacherLogitsNotFinite(self.teacher_source, f"{where} (nothing was cached)")
       logits = full.astype(self.dtype)
       if not np.all(np.isfinite(logits)):
         raise ValueError(f"teacher logits of magnitude up to {np.abs(full).max():.3g} overflow "
@@ -269,4 +295,9 @@ def open_cache(config, teacher, forward, loader, mesh, info) -> TeacherCache:
     return compute_logits(jitted, teacher.variables, batches, mesh, num_examples,
                           info.num_classes)
 
-  return TeacherCache(os.path.abspath(config.teacher_cache.dir), fields, compute)
+  cache = TeacherCache(os.path.abspath(config.teacher_cache.dir), fields, compute,
+                       teacher_source=teacher.source)
+  if parallel.is_primary():  # this run owns the key: a killed writer's leftovers go
+    for path in workdir.remove_orphans(os.path.join(cache.directory, cache.key)):
+      print(f"kd_jax: removed {path}, left by a writer that was killed", flush=True)
+  return cache

@@ -8,14 +8,26 @@ a rerun whose fingerprint differs stops with the fields that differ (`check_fing
 `locked(directory)` holds an exclusive OS lock on `directory/.lock` (released on any exit,
 SIGKILL included) so a second process on the same directory stops at once. Every file a run
 writes is written atomically (`atomic_write`): a reader sees the old file or the new one.
+
+A workdir holds one kind of pipeline (`claim`: `pipeline.json` records "stages" or
+"generations" and each stage's fingerprint), so a run of the other kind never overwrites
+its summary. A write that fails (disk full, permission denied, file too large) is one line
+naming the path and the cause (`WriteFailed`); while the CLI runs, the libraries' own logs
+and thread tracebacks go to `kd_jax.log` in the workdir (`logs_to`), not to the terminal.
 """
 
 import contextlib
 import errno
 import fcntl
+import io
 import json
 import os
+import re
+import socket
+import sys
+import threading
 
+import jax
 import numpy as np
 
 from kd_jax import methods
@@ -23,6 +35,8 @@ from kd_jax.train import parallel
 
 LOCK = ".lock"
 SUMMARY = "summary.json"  # a finished run's results: its presence marks the run finished
+PIPELINE = "pipeline.json"  # the kind of pipeline a workdir holds (`claim`)
+LOG = "kd_jax.log"  # the libraries' logs during a CLI run (`logs_to`)
 # Fields that do not change the result: logging, evaluation and checkpoint cadence, devices.
 # `teacher_cache`: where the teacher's outputs come from; a float32 cache is bit-identical to
 # the live teacher, and a lossy format enters the teacher's entry instead
@@ -34,6 +48,33 @@ _NOT_RESULT_FIELDS = ("name", "log_every_steps", "eval_every_epochs", "eval_test
 
 class WorkdirError(ValueError):
   """The directory is in use, belongs to another configuration, or cannot be written."""
+
+
+class WriteFailed(WorkdirError):
+  """A file of the run could not be written: `cannot write PATH: CAUSE` (one line)."""
+
+
+# Causes in words, for the I/O errors a user can act on.
+_CAUSES = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EFBIG: "the file is too large (the file size limit, see `ulimit -f`)",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "the file system is read-only",
+}
+
+
+def io_cause(error_number: int | None, fallback: str = "") -> str:
+  """An errno in words ('the disk is full', ...)."""
+  if error_number in _CAUSES:
+    return _CAUSES[error_number]
+  return fallback or (os.strerror(error_number) if error_number else "unknown error")
+
+
+def write_failed(path: str, error: OSError) -> WriteFailed:
+  """The one-line error of an OSError while writing `path`."""
+  return WriteFailed(f"cannot write {path}: {io_cause(error.errno, error.strerror or str(error))}")
 
 
 def fingerprint(config, teacher_fingerprint: dict | None = None) -> dict:
@@ -102,13 +143,153 @@ def locked(directory: str):
     handle.close()
 
 
-def atomic_write(path: str, write) -> None:
-  """`write(tmp)` to a temporary file beside `path`, then renamed over `path`, so a reader
-  sees the old file or the new one, never a part of one. The temporary keeps `path`'s
-  extension (`np.save` / `np.savez` append theirs otherwise) and is removed when anything
-  fails."""
+# The host in a temporary file's name: a writer's pid means something on its own host only.
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:63] or "host"
+# `atomic_write`'s temporary names: <root>.tmp<pid>[-<host>][<extension>].
+_TEMPORARY = re.compile(r"\.tmp(\d+)(?:-([A-Za-z0-9-]+))?(?:\.\w+)?$")
+
+
+def temporary_path(path: str) -> str:
+  """Where `atomic_write` writes before the rename. It keeps `path`'s extension (`np.save`
+  / `np.savez` append theirs otherwise) and names the writer (pid and host), so a later run
+  can tell a killed writer's leftover from a live writer's file (`remove_orphans`)."""
   root, extension = os.path.splitext(path)
-  tmp = f"{root}.tmp{os.getpid()}{extension}"
+  return f"{root}.tmp{os.getpid()}-{_HOST}{extension}"
+
+
+def _running(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # another user's live process
+    return True
+  return True
+
+
+def remove_orphans(directory: str) -> list[str]:
+  """Removes the temporary files that killed writers (SIGKILL mid-write) left in `directory`.
+
+  A temporary file is an orphan when its writer, named in it, was a process of this host
+  that no longer runs. A live writer's file is kept, and so is another host's (its pid says
+  nothing here: that host's next run removes it). A pid reused by an unrelated process only
+  keeps a file longer. Returns the removed paths; a directory that cannot be written is left
+  as it is (a read-only shared cache).
+  """
+  removed = []
+  try:
+    names = os.listdir(directory)
+  except OSError:
+    return removed
+  for name in names:
+    match = _TEMPORARY.search(name)
+    if not match or match.group(2) not in (None, _HOST) or _running(int(match.group(1))):
+      continue
+    try:
+      os.remove(os.path.join(directory, name))
+      removed.append(os.path.join(directory, name))
+    except OSError:
+      pass
+  return removed
+
+
+_KIND_WORDS = {"stages": "teacher/student stages (generations.num=0)",
+               "generations": "generations (generations.num > 0)"}
+
+
+def held_kind(directory: str) -> str | None:
+  """The kind of pipeline `directory` holds: recorded in pipeline.json, or for a workdir
+  written before that record, told by its stage directories; None when it holds none."""
+  path = os.path.join(directory, PIPELINE)
+  if os.path.exists(path):
+    return read_json(path)["kind"]
+  names = os.listdir(directory) if os.path.isdir(directory) else []
+  if any(name.startswith("generation_") for name in names):
+    return "generations"
+  if {"teacher", "student"} & set(names):
+    return "stages"
+  return None
+
+
+def check_kind(directory: str, kind: str) -> None:
+  """WorkdirError when `directory` holds a pipeline of another kind (reads only)."""
+  held = held_kind(directory)
+  if held not in (None, kind):
+    raise WorkdirError(f"workdir {directory!r} holds a run of {_KIND_WORDS[held]}; this "
+                       f"config runs {_KIND_WORDS[kind]}, which would overwrite its "
+                       "summary.json and config.json: use another --workdir")
+
+
+def claim(directory: str, kind: str, stage: str, stage_fingerprint: dict) -> None:
+  """Records in pipeline.json that `directory` holds a pipeline of `kind` whose `stage` has
+  `stage_fingerprint` (before the stage starts); refuses another kind (`check_kind`)."""
+  check_kind(directory, kind)
+  path = os.path.join(directory, PIPELINE)
+  record = read_json(path) if os.path.exists(path) else dict(kind=kind, stages={})
+  if record["stages"].get(stage) != stage_fingerprint:
+    record["stages"][stage] = stage_fingerprint
+    write_json(path, record)
+
+
+class _LogRouter(io.TextIOBase):
+  """A text stream for the libraries' logs: into `path` (opened at the first write, so a run
+  that logs nothing writes no file) while `active`, and from any thread but the main one at
+  any time (orbax's writer threads and tensorstore's callbacks keep failing after the main
+  thread has reported why); the main thread's output reaches `terminal` otherwise."""
+
+  def __init__(self, path: str, terminal):
+    super().__init__()
+    self.path, self.terminal, self.file = path, terminal, None
+    self.active = True
+    self.lock = threading.Lock()
+
+  def write(self, text: str) -> int:
+    if not self.active and threading.current_thread() is threading.main_thread():
+      return self.terminal.write(text)
+    with self.lock:
+      try:
+        if self.file is None:
+          os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+          self.file = open(self.path, "a")  # noqa: SIM115 (open until the process ends)
+        self.file.write(text)
+        self.file.flush()
+      except (OSError, ValueError):  # a full disk: the log must never be what stops a run
+        pass
+    return len(text)
+
+  def flush(self) -> None:
+    if not self.active:
+      self.terminal.flush()
+
+  def writable(self) -> bool:
+    return True
+
+
+@contextlib.contextmanager
+def logs_to(directory: str):
+  """While the block runs, absl/Python logging and Python's stderr (orbax's and absl's
+  thread errors, asyncio's, tensorstore's callbacks) go to `directory/kd_jax.log` (process
+  i > 0: `kd_jax.<i>.log`), not to the terminal: a failed checkpoint write is the CLI's one
+  line, its 200 lines of thread tracebacks are in the log. After the block, the main
+  thread's output (the CLI's one line, an unexpected error's traceback) reaches the
+  terminal again, and other threads' output still goes to the log."""
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  name = LOG if parallel.is_primary() else f"kd_jax.{jax.process_index()}.log"
+  handler = absl_logging.get_absl_handler().python_handler
+  log = _LogRouter(os.path.join(directory, name), sys.stderr)
+  handler.setStream(log)
+  sys.stderr = log
+  try:
+    yield
+  finally:
+    log.active = False
+
+
+def atomic_write(path: str, write) -> None:
+  """`write(tmp)` to a temporary file beside `path` (`temporary_path`), then renamed over
+  `path`, so a reader sees the old file or the new one, never a part of one. The temporary
+  is removed when anything fails."""
+  tmp = temporary_path(path)
   try:
     write(tmp)
     os.replace(tmp, path)
@@ -131,8 +312,7 @@ def write_json(path: str, value) -> None:
   try:
     write_text(path, json.dumps(value, indent=2, sort_keys=True, default=_jsonable))
   except OSError as error:
-    cause = "the disk is full" if error.errno == errno.ENOSPC else error.strerror
-    raise WorkdirError(f"cannot write {path}: {cause}") from None
+    raise write_failed(path, error) from None
 
 
 def read_json(path: str):
