@@ -63,7 +63,7 @@ _CONFIG_FLAG = re.compile(r"^--?config(=|$)")
 _config = None  # the loaded config, with the command line's --config.FIELD overrides
 
 
-def fail(message: str, code: int = EXIT_BAD_INPUT):
+def exit_with_error(message: str, code: int = EXIT_BAD_INPUT):
   print(f"kd_jax: {message}", file=sys.stderr, flush=True)
   sys.exit(code)
 
@@ -74,12 +74,13 @@ def _one_line(error: BaseException) -> str:
 
 def main(argv):
   if len(argv) > 1:
-    fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    exit_with_error(f"unexpected arguments: {' '.join(argv[1:])}")
   quiet = not flags.FLAGS["verbosity"].present
   if quiet:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   if not _WORKDIR.value:
-    fail("--workdir is required: the directory of the run's checkpoints, metrics and summary")
+    exit_with_error("--workdir is required: the directory of the run's checkpoints, metrics "
+                    "and summary")
   config = _config
   dist = config.distributed
   sys.stdout = writer.TimestampedLines(sys.stdout)  # every progress line says when
@@ -94,15 +95,16 @@ def main(argv):
   except ImportError as error:  # a missing extra, e.g. torch for a .pth teacher
     if not isinstance(error, MissingExtraError) and "pip install" not in str(error):
       raise  # not a missing extra: a bug
-    fail(_one_line(error))
+    exit_with_error(_one_line(error))
   except workdir.WriteFailed as error:  # disk full, permission denied, file too large
-    fail(str(error))
+    exit_with_error(str(error))
   except ValueError as error:  # bad input: the checks and the workdir guards
-    fail(f"invalid input: {error}")
+    exit_with_error(f"invalid input: {error}")
   except loop.TrainingDiverged as error:
-    fail(str(error), EXIT_DIVERGED)
+    exit_with_error(str(error), EXIT_DIVERGED)
   except OSError as error:  # a write the run's own code did not name (metrics, plots)
-    fail(str(workdir.write_failed(error.filename or f"a file in {_WORKDIR.value}", error)))
+    path = error.filename or f"a file in {_WORKDIR.value}"
+    exit_with_error(str(workdir.write_failed(path, error)))
 
 
 def _split_config(args: list[str]) -> tuple[str | None, list[str]]:
@@ -114,7 +116,7 @@ def _split_config(args: list[str]) -> tuple[str | None, list[str]]:
       spec = args[i][match.end():]
     elif match:
       if i + 1 == len(args):
-        fail("--config needs a value: --config=NAME or --config=path/to/config.py")
+        exit_with_error("--config needs a value: --config=NAME or --config=path/to/config.py")
       spec, i = args[i + 1], i + 1
     else:
       rest.append(args[i])
@@ -138,7 +140,7 @@ def _check_overrides(config, args: list[str]) -> None:
         known = (f"; its fields: {', '.join(sorted(fields))}" if fields else
                  " (it is empty)" if isinstance(node, ml_collections.ConfigDict) else
                  " (it is a value, not a block)")
-        fail(f"invalid --config field: --config.{match.group(2)}: {where} has no field "
+        exit_with_error(f"invalid --config field: --config.{match.group(2)}: {where} has no field "
              f"{part!r}{hint}{known}")
       node, path = node[part], [*path, part]
 
@@ -193,19 +195,19 @@ def parse_command(argv: list[str], flag_values) -> tuple:
   try:
     argv = flag_values.read_flags_from_files(argv, force_gnu=False)
   except flags.Error as error:
-    fail(f"invalid flags: {_one_line(error)}")
+    exit_with_error(f"invalid flags: {_one_line(error)}")
   spec, rest = _split_config(argv[1:])
   try:
     if any(arg in _HELP for arg in rest):
       print(help_text(spec, full=any(arg.endswith("helpfull") for arg in rest)), flush=True)
       sys.exit(0)
     if spec is None:
-      fail("--config is required: --config=NAME (shipped: "
+      exit_with_error("--config is required: --config=NAME (shipped: "
            f"{', '.join(config_files.shipped_names())}) or --config=path/to/config.py; "
            "see --help")
     config = config_files.load(spec)
   except config_defaults.ConfigError as error:
-    fail(f"invalid --config: {error}")
+    exit_with_error(f"invalid --config: {error}")
   _check_overrides(config, rest)
   if "workdir" not in flag_values:
     _define_workdir(flag_values)
@@ -217,9 +219,9 @@ def parse_command(argv: list[str], flag_values) -> tuple:
                                              sys_argv=[argv[0], *rest])
     remaining = flag_values([argv[0], *rest])
   except flags.Error as error:
-    fail(f"invalid flags: {_one_line(error)}")
+    exit_with_error(f"invalid flags: {_one_line(error)}")
   except (KeyError, AttributeError, TypeError, ValueError) as error:  # ml_collections' own
-    fail(f"invalid --config field: {_one_line(error)}")
+    exit_with_error(f"invalid --config field: {_one_line(error)}")
   return holder.value, remaining
 
 

@@ -245,52 +245,50 @@ def tsd_weight(config, epoch):
   return eta * _ramp(epoch, warmup)
 
 
-def _fail(field, value, allowed):
-  fail(f"method.{field}", value, allowed)
-
-
 def validate(config, num_classes: int) -> None:
   """Raises ValueError naming the first bad field, its value and what is allowed."""
   name = config.name
   if name not in NAMES:
-    _fail("name", name, f"must be one of {', '.join(NAMES)}")
+    fail("method.name", name, f"must be one of {', '.join(NAMES)}")
   for field in ("temperature", "target_temperature"):
     if not config[field] > 0:
-      _fail(field, config[field], "must be > 0")
+      fail(f"method.{field}", config[field], "must be > 0")
   for field in ("ce_weight", "kd_weight", "dkd_ce_weight", "tsd_eta", "cp_beta",
                 "mse_ce_weight", "mse_logit_weight", "mse_prob_weight", "tsd_warmup_epochs",
                 "dkd_warmup_epochs"):
     if not config[field] >= 0:
-      _fail(field, config[field], "must be >= 0")
+      fail(f"method.{field}", config[field], "must be >= 0")
   for field in ("label_smoothing", "sim_epsilon"):
     if not 0 <= config[field] <= 1:
-      _fail(field, config[field], "must be in [0, 1]")
+      fail(f"method.{field}", config[field], "must be in [0, 1]")
   if config.smoothing_spread not in ("all", "others"):
-    _fail("smoothing_spread", config.smoothing_spread, "must be 'all' or 'others'")
+    fail("method.smoothing_spread", config.smoothing_spread, "must be 'all' or 'others'")
   if config.get("select", False) and not needs_teacher(name):
-    _fail("select", True, f"needs a teacher-based method, not {name!r}")
+    fail("method.select", True, f"needs a teacher-based method, not {name!r}")
   if revises(config) and not 0 < config.eta < 1:
-    _fail("eta", config.eta, "must be in (0, 1)")
+    fail("method.eta", config.eta, "must be in (0, 1)")
   if config.lr_form not in ("kl", "mse"):
-    _fail("lr_form", config.lr_form, "must be 'kl' or 'mse'")
+    fail("method.lr_form", config.lr_form, "must be 'kl' or 'mse'")
   revision_t = config.revision_temperature
   if revision_t is not None and not revision_t > 0:
-    _fail("revision_temperature", revision_t, "must be None (the method's temperature) or > 0")
+    fail("method.revision_temperature", revision_t,
+         "must be None (the method's temperature) or > 0")
   if revision_t not in (None, 1) and _uses_mse_form(config):
-    _fail("revision_temperature", revision_t,
+    fail("method.revision_temperature", revision_t,
           "the mse form revises at T = 1: leave it None (or 1), or use lr_form='kl'")
   if not isinstance(config.revise_wrong_only, bool):
-    _fail("revise_wrong_only", config.revise_wrong_only, "must be True or False")
+    fail("method.revise_wrong_only", config.revise_wrong_only, "must be True or False")
   if name == "kd_topk" and not (int(config.topk) == config.topk and 1 <= config.topk < num_classes):
-    _fail("topk", config.topk, f"must be an integer in [1, {num_classes - 1}] (C={num_classes})")
+    fail("method.topk", config.topk,
+         f"must be an integer in [1, {num_classes - 1}] (C={num_classes})")
   if name == "tsd" and not 1 <= config.tsd_num_secondary <= num_classes - 1:
-    _fail("tsd_num_secondary", config.tsd_num_secondary, f"must be in [1, {num_classes - 1}]")
+    fail("method.tsd_num_secondary", config.tsd_num_secondary, f"must be in [1, {num_classes - 1}]")
   if config.tsd_schedule not in _TSD_SCHEDULES:
-    _fail("tsd_schedule", config.tsd_schedule, f"must be one of {', '.join(_TSD_SCHEDULES)}")
+    fail("method.tsd_schedule", config.tsd_schedule, f"must be one of {', '.join(_TSD_SCHEDULES)}")
   if config.tsd_primary not in _TSD_PRIMARY:
-    _fail("tsd_primary", config.tsd_primary, f"must be one of {', '.join(_TSD_PRIMARY)}")
+    fail("method.tsd_primary", config.tsd_primary, f"must be one of {', '.join(_TSD_PRIMARY)}")
   if needs_class_similarity(name) and not config.sim_temperature > 0:
-    _fail("sim_temperature", config.sim_temperature, "must be > 0")
+    fail("method.sim_temperature", config.sim_temperature, "must be > 0")
 
 
 def _lr_mse(config, z_s, z_t, labels, correct, supervised):

@@ -77,7 +77,7 @@ def mutations(draw):
   return changes
 
 
-@hypothesis.settings(max_examples=int(os.environ.get("KD_JAX_FUZZ_EXAMPLES", "10")),
+@hypothesis.settings(max_examples=int(os.environ.get("KD_JAX_FUZZ_EXAMPLES", "5")),
                      deadline=None, suppress_health_check=list(hypothesis.HealthCheck))
 @hypothesis.given(base=st.sampled_from(sorted(BASES)), changes=mutations())
 # The cases that ended in a traceback (exit 1) or trained a wrong model before issue 23.

@@ -34,17 +34,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from kd_jax import methods, models, selection
+from kd_jax._validation import fail
 from kd_jax.train import checkpoint, splits, teacher_cache, workdir
 from kd_jax.train import state as state_lib
 
 STAGES = ("teacher,student", "teacher", "student", "teacher,precompute", "precompute")
 SELECTION_MODELS = ("student", "teacher")
 INFLUENCE_TARGETS = ("teacher", "teacher_minus_label")
-
-
-def fail(field, value, allowed):
-  """Raises the one-line error every bad input gets: the field, its value, what is allowed."""
-  raise ValueError(f"{field}={value!r} is not allowed: {allowed}")
 
 
 def _is_int(value) -> bool:
@@ -263,28 +259,26 @@ def _check_optim(optim, stage: str) -> None:
 
 def check_selection(s, has_validation: bool) -> None:
   """The `selection` block of a selecting student."""
-  def fail_field(field, value, allowed):
-    fail(f"selection.{field}", value, allowed)
   if s.criterion not in selection.CRITERIA:
-    fail_field("criterion", s.criterion, f"must be one of {selection.CRITERIA}")
+    fail("selection.criterion", s.criterion, f"must be one of {selection.CRITERIA}")
   if not 0 < s.ratio <= 1:
-    fail_field("ratio", s.ratio, "must be in (0, 1]")
+    fail("selection.ratio", s.ratio, "must be in (0, 1]")
   if s.hessian not in selection.HESSIANS:
-    fail_field("hessian", s.hessian, f"must be one of {selection.HESSIANS}")
+    fail("selection.hessian", s.hessian, f"must be one of {selection.HESSIANS}")
   if s.influence_target not in INFLUENCE_TARGETS:
-    fail_field("influence_target", s.influence_target, f"must be one of {INFLUENCE_TARGETS}")
+    fail("selection.influence_target", s.influence_target, f"must be one of {INFLUENCE_TARGETS}")
   if s.model not in SELECTION_MODELS:
-    fail_field("model", s.model, f"must be one of {SELECTION_MODELS}")
+    fail("selection.model", s.model, f"must be one of {SELECTION_MODELS}")
   for field in ("refresh_epochs", "warmup_epochs"):
     if not _is_int(s[field]) or s[field] < 0:
-      fail_field(field, s[field], "must be an integer >= 0")
+      fail(f"selection.{field}", s[field], "must be an integer >= 0")
   if s.margin_space not in ("prob", "logit"):
-    fail_field("margin_space", s.margin_space, "must be 'prob' or 'logit'")
+    fail("selection.margin_space", s.margin_space, "must be 'prob' or 'logit'")
   for field in ("damping", "l2"):
     if s[field] is not None and not s[field] >= 0:
-      fail_field(field, s[field], "must be >= 0")
+      fail(f"selection.{field}", s[field], "must be >= 0")
   if not _is_int(s.histogram_bins) or s.histogram_bins < 1:
-    fail_field("histogram_bins", s.histogram_bins, "must be an integer >= 1")
+    fail("selection.histogram_bins", s.histogram_bins, "must be an integer >= 1")
   if s.criterion == "influence" and not has_validation:
     raise ValueError("selection.criterion='influence' needs a reference set: set "
                      "dataset.holdout > 0 (the test split never selects anything)")

@@ -16,6 +16,7 @@ import jax
 import numpy as np
 
 from kd_jax import models
+from kd_jax._validation import fail
 from kd_jax.models import torch_import
 from kd_jax.train import checkpoint as ckpt_lib
 from kd_jax.train import checks, parallel, workdir
@@ -42,7 +43,7 @@ def _checked(teacher: Teacher, field: str) -> Teacher:
   """`teacher`, when its weights are finite and its BatchNorm variances >= 0."""
   problem = torch_import.invalid_weights(teacher.variables)
   if problem:
-    checks.fail(field, teacher.source, f"its weights are not usable as a teacher ({problem}); "
+    fail(field, teacher.source, f"its weights are not usable as a teacher ({problem}); "
                 "retrain it or use another teacher")
   return teacher
 
@@ -81,7 +82,7 @@ def from_pth(path: str, model_name: str, info, mesh) -> Teacher:
   except ImportError:
     raise
   except Exception as error:  # a garbage, truncated or mismatched file: one clear line
-    checks.fail("teacher.checkpoint", path, f"cannot be read as a {model_name} with "
+    fail("teacher.checkpoint", path, f"cannot be read as a {model_name} with "
                 f"{info.num_classes} classes ({type(error).__name__}: {str(error)[:300]})")
   variables = parallel.replicate(jax.tree.map(np.asarray, dict(variables)), mesh)
   return Teacher(model_name, models.create(model_name, info.num_classes), variables,
