@@ -71,15 +71,15 @@ def test_a_flipped_bit_in_any_chunk_fails_verification(tmp_path):
 
 
 def test_an_interrupted_write_leaves_nothing_that_looks_like_a_table(tmp_path):
-  with pytest.raises(RuntimeError, match="killed"):
-    with row_store.TableWriter(str(tmp_path / "t"), FIELDS, N, {"key": "k"}) as writer:
-      writer.append(_rows(np.arange(16)), np.arange(16))
-      raise RuntimeError("killed")
+  with (pytest.raises(RuntimeError, match="killed"),
+        row_store.TableWriter(str(tmp_path / "t"), FIELDS, N, {"key": "k"}) as writer):
+    writer.append(_rows(np.arange(16)), np.arange(16))
+    raise RuntimeError("killed")
   assert os.listdir(tmp_path) == []
-  with pytest.raises(ValueError, match="16 rows written, 200 declared"):
-    with row_store.TableWriter(str(tmp_path / "t"), FIELDS, N, {"key": "k"}) as writer:
-      writer.append(_rows(np.arange(16)), np.arange(16))
-      writer.commit()
+  with (pytest.raises(ValueError, match="16 rows written, 200 declared"),
+        row_store.TableWriter(str(tmp_path / "t"), FIELDS, N, {"key": "k"}) as writer):
+    writer.append(_rows(np.arange(16)), np.arange(16))
+    writer.commit()
   assert os.listdir(tmp_path) == []
 
 
