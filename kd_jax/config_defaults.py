@@ -214,8 +214,12 @@ def get_config() -> ml_collections.ConfigDict:
   # the live teacher.
   c.teacher_cache = ml_collections.ConfigDict(dict(
       dir="",            # cache directory shared by the runs of a sweep; '' = no cache
-      format="float16",  # "float16" (half the disk; fingerprint records it) or "float32"
-                         # (the exact logits: bit-identical to the live teacher)
+      format="float16",  # "float32" (the exact logits: bit-identical to the live teacher),
+                         # "float16" (half of it), "topk" (the k largest probabilities, the
+                         # label's and the rest's mass) or "sampled" (k classes drawn from
+                         # the teacher at the method's temperature: an unbiased target);
+                         # every format but float32 enters the fingerprint
+      k=10,              # topk: classes kept; sampled: draws per example
   ))
 
   # Input pipeline (no effect on results: batches are a function of (seed, epoch, step)).

@@ -220,7 +220,15 @@ def needs_class_similarity(name: str) -> bool:
   return base_name(name) in ("kd_sim", "kd_pt_sim")
 
 
-def _uses_mse_form(config) -> bool:
+def teacher_temperature(config) -> float:
+  """The temperature at which method block `config` reads its teacher's distribution:
+  `target_temperature` for Tang's target variants, `temperature` for the others."""
+  if base_name(config.name) in _TARGET_VARIANTS:
+    return config.target_temperature
+  return config.temperature
+
+
+def uses_mse_form(config) -> bool:
   return revises(config) and config.lr_form == "mse" and base_name(config.name) in ("kd", "lr")
 
 
@@ -273,7 +281,7 @@ def validate(config, num_classes: int) -> None:
   if revision_t is not None and not revision_t > 0:
     fail("method.revision_temperature", revision_t,
          "must be None (the method's temperature) or > 0")
-  if revision_t not in (None, 1) and _uses_mse_form(config):
+  if revision_t not in (None, 1) and uses_mse_form(config):
     fail("method.revision_temperature", revision_t,
           "the mse form revises at T = 1: leave it None (or 1), or use lr_form='kl'")
   if not isinstance(config.revise_wrong_only, bool):
@@ -370,13 +378,13 @@ def per_example_losses(config, student_logits, labels, teacher_logits=None, *, e
     correct = jnp.argmax(teacher_logits, axis=-1) == labels
     out["teacher_correct"] = correct.astype(jnp.float32)
     out["rescale_weight"] = 1.0 - q_y  # Tang et al.'s per-example gradient rescaling
-    if _uses_mse_form(config):
+    if uses_mse_form(config):
       real = jnp.ones_like(correct) if example_mask is None else example_mask.astype(bool)
       supervised = real if teacher_mask is None else real & teacher_mask.astype(bool)
       loss, out["beta"] = _lr_mse(config, student_logits, teacher_logits, labels, correct,
                                   supervised)
     else:
-      read_t = config.target_temperature if name in _TARGET_VARIANTS else config.temperature
+      read_t = teacher_temperature(config)
       q = losses.softmax(teacher_logits, read_t)
       if revised:
         revision_t = config.revision_temperature

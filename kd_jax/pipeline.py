@@ -108,7 +108,7 @@ def precompute(student_config, trained_teacher, data, mesh) -> dict:
   epochs = range(student_config.num_epochs if cache.per_epoch else 1)
   checks.check_cache_files(cache, epochs)
   for epoch in epochs:
-    cache.table(epoch)
+    cache.prepare(epoch)
   print(f"kd_jax: precompute: teacher outputs for {student_config.num_epochs} epoch(s) in "
         f"{cache.directory}/{cache.key} ({len(cache.computed)} computed, {len(cache.read)} "
         "already there)", flush=True)

@@ -23,7 +23,7 @@ from jax._src.interpreters import mlir as jax_mlir
 from jax._src.lib.mlir import ir
 
 from kd_jax import _influence, config_defaults, methods, models, selection
-from kd_jax.train import parallel, teacher_cache
+from kd_jax.train import cache_formats, parallel, teacher_cache
 from kd_jax.train import state as state_lib
 from kd_jax.train import step as step_lib
 
@@ -90,7 +90,7 @@ def _abstract(tree):
 
 
 @functools.lru_cache(maxsize=8)
-def _train_step(compute_dtype: str, cached: bool, method_name: str = "kd",
+def _train_step(compute_dtype: str, cached, method_name: str = "kd",
                 pair=("resnet8x4", "resnet8"), input_shape=(32, 32, 3), precision=None):
   """(jitted step, abstract state, abstract batch), as loop.train builds them."""
   config = config_defaults.get_config()
@@ -101,9 +101,13 @@ def _train_step(compute_dtype: str, cached: bool, method_name: str = "kd",
   config.optim.num_epochs = 240
   tx, _ = state_lib.make_optimizer(config.optim, steps_per_epoch=100)
   method = config_defaults.method(method_name)
-  if cached:
-    teacher_fn = teacher_cache.lookup
-    teacher_variables = jax.ShapeDtypeStruct((1000, CLASSES), jnp.float16)
+  rows = {}
+  if cached:  # a cache format: the batch brings the teacher's rows
+    cached = "float16" if cached is True else cached
+    teacher_fn = teacher_cache.teacher_fn(cached, CLASSES, 1.0)
+    teacher_variables = None
+    rows = {teacher_cache.FIELD_PREFIX + name: jax.ShapeDtypeStruct((BATCH, *shape), dtype)
+            for name, (shape, dtype) in cache_formats.row_spec(cached, CLASSES, 10).items()}
   else:
     teacher_fn = state_lib.teacher_forward(teacher)
     teacher_variables = jax.eval_shape(
@@ -121,13 +125,14 @@ def _train_step(compute_dtype: str, cached: bool, method_name: str = "kd",
   batch = dict(image=jax.ShapeDtypeStruct((BATCH, *input_shape), jnp.float32),
                label=jax.ShapeDtypeStruct((BATCH,), jnp.int32),
                index=jax.ShapeDtypeStruct((BATCH,), jnp.int32),
-               mask=jax.ShapeDtypeStruct((BATCH,), jnp.bool_))
+               mask=jax.ShapeDtypeStruct((BATCH,), jnp.bool_), **rows)
   return step, state, batch
 
 
 @pytest.mark.parametrize("platform", PLATFORMS)
 @pytest.mark.parametrize("compute_dtype", ["float32", "bfloat16"])
-@pytest.mark.parametrize("cached", [False, True], ids=["live_teacher", "cached_teacher"])
+@pytest.mark.parametrize("cached", [False, "float16", "topk", "sampled"],
+                         ids=["live_teacher", "cached_float16", "cached_topk", "cached_sampled"])
 def test_cifar_train_step_lowers_for_accelerators(platform, compute_dtype, cached):
   step, state, batch = _train_step(compute_dtype, cached)
   exported = _export(step, state, batch, platform=platform)

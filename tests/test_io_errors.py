@@ -17,7 +17,7 @@ import trainer_util
 
 from kd_jax import models, pipeline
 from kd_jax.train import checkpoint as ckpt_lib
-from kd_jax.train import parallel, teacher_cache
+from kd_jax.train import parallel, row_store, teacher_cache
 from kd_jax.train import stage as stage_lib
 from kd_jax.train import state as state_lib
 from kd_jax.train import teacher as teacher_lib
@@ -133,7 +133,7 @@ def test_a_read_only_cache_without_the_tables_names_the_missing_file(filled_cach
                                     teacher_cache__dir=str(root / "cache"), batch_size=64,
                                     **_FAST)  # another batch size: another key
   with pytest.raises(ValueError, match=rf"^teacher_cache.dir='{root}/cache' is not allowed: "
-                                       rf"{root}/cache/\w+/views.npz is missing and cannot be "
+                                       rf"{root}/cache/\w+/views is missing and cannot be "
                                        r"written \(the file system is read-only\)"):
     pipeline.run(config, str(tmp_path / "student_run"))
   assert not os.listdir(tmp_path / "student_run" / "student" / "checkpoints")  # none trained
@@ -144,11 +144,11 @@ def test_the_precompute_stage_fails_when_its_table_cannot_be_written(tmp_path, m
   def full(path, *args, **kwargs):
     raise OSError(errno.ENOSPC, "No space left on device")
 
-  monkeypatch.setattr(np, "savez", full)
+  monkeypatch.setattr(row_store.TableWriter, "commit", full)
   config = trainer_util.tiny_config(stages="teacher,precompute",
                                     teacher_cache__dir=str(tmp_path / "cache"), **_FAST)
   with pytest.raises(workdir_lib.WriteFailed,
-                     match=rf"^cannot write {tmp_path}/cache/\w+/views.npz: the disk is full$"):
+                     match=rf"^cannot write {tmp_path}/cache/\w+/views: the disk is full$"):
     pipeline.run(config, str(tmp_path / "run"))
 
 
@@ -180,5 +180,6 @@ def test_a_killed_writers_temporary_files_are_removed_by_the_next_run_of_the_key
            "other_host": f"views.tmp{dead}-elsewhere.npz"}  # its pid means nothing here
   for name in names.values():
     (key_dir / name).write_bytes(b"partial")
+  (key_dir / f"epoch_0003.tmp{dead}-{host}" / "logits").mkdir(parents=True)  # a table's
   open_cache()
   assert sorted(os.listdir(key_dir)) == sorted([names["live"], names["other_host"]])

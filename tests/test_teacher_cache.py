@@ -1,9 +1,12 @@
-"""Teacher-output cache and mixed precision: a cached teacher trains exactly as the
-live one (float32) or closely (float16), is written once and read by later runs, never uses
-a mismatched or corrupt file, resumes identically; bfloat16 compute keeps float32 state."""
+"""Teacher-output cache and mixed precision: a cached teacher trains exactly as the live one
+(float32) or closely (float16, topk, sampled), streams its rows with the batches, is written
+once and read by later runs, never uses a mismatched or corrupt table, resumes identically;
+bfloat16 compute keeps float32 state."""
 
 import functools
 import os
+import pathlib
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +17,7 @@ import trainer_util
 from kd_jax import config_defaults, models, pipeline
 from kd_jax import data as data_lib
 from kd_jax.data import augment
-from kd_jax.train import checks, loop, parallel, splits, teacher_cache
+from kd_jax.train import cache_formats, checks, loop, parallel, row_store, splits, teacher_cache
 from kd_jax.train import stage as stage_lib
 from kd_jax.train import state as state_lib
 from kd_jax.train import teacher as teacher_lib
@@ -55,13 +58,13 @@ def live(tiny, tmp_path_factory):
 def _counting(monkeypatch):
   """Counts the teacher passes that fill the cache (one per table computed)."""
   calls = []
-  original = teacher_cache.compute_logits
+  original = teacher_cache.compute_rows
 
   def counted(*args, **kwargs):
     calls.append(1)
     return original(*args, **kwargs)
 
-  monkeypatch.setattr(teacher_cache, "compute_logits", counted)
+  monkeypatch.setattr(teacher_cache, "compute_rows", counted)
   return calls
 
 
@@ -77,7 +80,7 @@ def test_float32_cache_is_bit_identical_written_once_and_read_by_the_next_run(
   assert first["fingerprint"] == live["fingerprint"]  # exact logits: the same result
   assert first["train_step_compilations"] == 1
   key_dir = tmp_path / "cache" / first["teacher_cache"]["key"]
-  assert sorted(os.listdir(key_dir)) == ["key.json", "views.npz"]  # one table, every epoch
+  assert sorted(os.listdir(key_dir)) == ["key.json", "views"]  # one table, every epoch
 
   # Another method of the sweep: the teacher does not run again.
   stage.method.name = "lr"
@@ -98,53 +101,100 @@ def test_float16_cache_is_close_and_recorded_in_the_fingerprint(tiny, live, tmp_
   assert abs(half["test_accuracy"] - live["test_accuracy"]) <= 2 / 256  # 256 test examples
 
 
-def _cache(tmp_path, fields=None, calls=None):
+def _cache(tmp_path, fields=None, calls=None, fmt="float16"):
   """A TeacherCache of 6 examples x 3 classes whose 'teacher' is a fixed array."""
-  fields = fields or dict(version=1, augmentation=None, format="float16", num_examples=6,
-                          num_classes=3, teacher={"variables_crc32": "0"})
+  fields = fields or dict(version=2, augmentation=None, format=fmt, num_examples=6,
+                          num_classes=3, teacher={"variables_crc32": "0"}, k=2)
   logits = np.arange(18, dtype=np.float32).reshape(6, 3) / 7
+  keys = jax.random.split(jax.random.key(0), 6)
 
   def compute(epoch):
     if calls is not None:
       calls.append(epoch)
-    return logits
+    order = np.arange(6)[::-1].copy()  # rows come in the order the teacher computed them
+    rows = cache_formats.pack(fields["format"], jnp.asarray(logits[order]),
+                              jnp.asarray(order % 3), k=2, keys=keys)
+    return jax.tree.map(np.asarray, rows), order
   return teacher_cache.TeacherCache(str(tmp_path), fields, compute), logits
 
 
-def test_corrupt_or_mismatched_tables_are_recomputed_never_used(tmp_path, capsys):
-  calls = []
-  cache, logits = _cache(tmp_path, calls=calls)
-  np.testing.assert_array_equal(cache.table(0), logits.astype(np.float16))
-  np.testing.assert_array_equal(cache.table(5), logits.astype(np.float16))  # no augmentation
-  assert calls == [None] and cache.read == [None]
-  path = cache.path(0)
+def _read(cache, epoch=0):
+  """The rows a loader would put in a batch of every example, in index order."""
+  cache.prepare(epoch)
+  return cache.reader()(epoch, np.arange(6))
 
-  with open(path, "r+b") as f:  # flip bytes in the middle of the file
-    f.seek(os.path.getsize(path) // 2)
-    f.write(b"\xff\xfe\xfd\xfc")
+
+def _by_index(cache):
+  """What `_read` must give: the computed rows put in index order."""
+  rows, order = cache.compute(None)
+  return {teacher_cache.FIELD_PREFIX + name: value[np.argsort(order)]
+          for name, value in rows.items()}
+
+
+def _assert_rows_equal(got, want):
+  assert sorted(got) == sorted(want)
+  for name in want:
+    np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+def _chunk_files(array_path):
+  """The chunk files of a zarr v3 array (`<array>/c/<i>/<j>`)."""
+  return sorted(p for p in (array_path / "c").rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("fmt", ["float16", "topk", "sampled"])
+def test_corrupt_or_mismatched_tables_are_recomputed_never_used(fmt, tmp_path, capsys):
+  calls = []
+  cache, _ = _cache(tmp_path, calls=calls, fmt=fmt)
+  want = _by_index(cache)
+  calls.clear()
+  _assert_rows_equal(_read(cache), want)
+  _assert_rows_equal(_read(cache, 5), want)  # no augmentation: one table for every epoch
+  assert calls == [None] and cache.read == [None]
+  path = pathlib.Path(cache.path(0))
+  array = path / ("logits" if fmt == "float16" else "classes")
+
+  (chunk,) = _chunk_files(array)
+  data = bytearray(chunk.read_bytes())  # a flipped bit in one array's one chunk
+  data[len(data) // 2] ^= 0x01
+  chunk.write_bytes(bytes(data))
   capsys.readouterr()
-  np.testing.assert_array_equal(cache.table(0), logits.astype(np.float16))
-  assert calls == [None, None] and "is not usable" in capsys.readouterr().out
+  _assert_rows_equal(_read(cache), want)
+  assert calls == [None, None] and "does not match its checksum" in capsys.readouterr().out
 
   # A table stored under another key (e.g. copied by hand) is not this key's table.
   other, _ = _cache(tmp_path, dict(cache.fields, teacher={"variables_crc32": "1"}))
-  other.table(0)
+  other.prepare(0)
+  shutil.rmtree(path)
   os.replace(other.path(0), path)
-  cache.table(0)
+  _read(cache)
   assert calls == [None, None, None] and "key do not match" in capsys.readouterr().out
-  cache.table(0)  # and the recomputed one is read again
+  _read(cache)  # and the recomputed one is read again
   assert calls == [None, None, None]
 
-  with open(path, "wb") as f:  # truncated to nothing
-    f.write(b"")
-  cache.table(0)
+  (chunk,) = _chunk_files(array)
+  chunk.write_bytes(b"")  # truncated to nothing
+  _assert_rows_equal(_read(cache), want)
   assert len(calls) == 4
 
-  # A cache that cannot be written (here: under a file) warns; the run keeps its logits.
+  # A cache that cannot be written (here: under a file) warns; the run keeps its rows.
   (tmp_path / "a_file").write_text("")
-  unwritable, _ = _cache(tmp_path / "a_file" / "cache")
-  np.testing.assert_array_equal(unwritable.table(0), logits.astype(np.float16))
+  unwritable, _ = _cache(tmp_path / "a_file" / "cache", fmt=fmt)
+  _assert_rows_equal(_read(unwritable), want)
   assert "could not be written" in capsys.readouterr().out
+
+
+def test_two_writers_of_one_table_both_read_the_same_rows(tmp_path):
+  """Two runs that fill one key at once each compute and commit the table; the second's
+  commit keeps the first's, and both read the same rows."""
+  first, _ = _cache(tmp_path)
+  second, _ = _cache(tmp_path)
+  rows, index = first.compute(None)
+  table_a = first.save(0, rows, index)
+  table_b = second.save(0, rows, index)
+  np.testing.assert_array_equal(table_a.rows(np.arange(6))["logits"],
+                                table_b.rows(np.arange(6))["logits"])
+  assert sorted(os.listdir(tmp_path / first.key)) == ["key.json", "views"]
 
 
 def _fake_cifar(n_train=100, n_test=64):
@@ -171,17 +221,18 @@ def test_augmented_views_are_cached_per_epoch_and_a_resumed_run_matches(tmp_path
   stage.teacher_cache.update(dir=str(tmp_path / "cache"), format="float32")
   cached = train(stage, str(tmp_path / "cached")).summary
   key_dir = tmp_path / "cache" / cached["teacher_cache"]["key"]
-  assert sorted(os.listdir(key_dir)) == ["epoch_0000.npz", "epoch_0001.npz", "key.json"]
+  assert sorted(os.listdir(key_dir)) == ["epoch_0000", "epoch_0001", "key.json"]
   loader = stage_lib.training_loader(stage, data)  # the run's own data order and teacher pass
   forward = jax.jit(stage_lib.live_teacher_fn(stage, teacher))
   for epoch in (0, 1):
-    with np.load(key_dir / f"epoch_{epoch:04d}.npz") as f:
-      table = f["logits"]
+    table = row_store.Table.open(str(key_dir / f"epoch_{epoch:04d}"), {"epoch": epoch}, 100)
     for batch in loader.epoch(epoch):  # the live teacher on the views the run trained on
-      np.testing.assert_array_equal(table[batch["index"]], forward(teacher.variables, batch))
+      np.testing.assert_array_equal(table.rows(batch["index"])["logits"],
+                                    forward(teacher.variables, batch))
     visited = [loader.global_indices(epoch, s) for s in range(loader.steps_per_epoch)]
-    dropped = np.setdiff1d(np.arange(100), np.concatenate(visited))
-    assert len(dropped) == 100 % 32 and not table[dropped].any()  # never read: zeros
+    assert table.meta["num_rows"] == 96  # 100 % 32 dropped each epoch: never computed
+    with pytest.raises(ValueError, match="holds no row"):
+      table.rows(np.setdiff1d(np.arange(100), np.concatenate(visited))[:1])
 
   # Interrupted in epoch 1 (3 steps per epoch; saved at 3, 4, 6): keep only step 4's.
   run = tmp_path / "cached"
@@ -309,3 +360,64 @@ def test_a_rerun_takes_the_loaded_teachers_test_metrics_from_its_summary(tmp_pat
   again = pipeline.run(config, str(tmp_path / "student_run"))
   assert not calls and again["teacher"] == first["teacher"]
   assert again["teacher"]["test_accuracy"] == first["student"]["teacher_test_accuracy"]
+
+
+@pytest.mark.parametrize("fmt, k", [("topk", 10), ("topk", 3), ("sampled", 8)])
+def test_sparse_formats_stream_their_rows_with_the_batch_and_train(fmt, k, tiny, live, tmp_path,
+                                                                   monkeypatch):
+  """The train state holds no table: each batch brings its examples' rows (`cached_*`) and
+  the step unpacks them; the format and k enter the fingerprint and the key. At k = C a
+  top-k row is the whole row: the run matches the live one to float16 rounding."""
+  data, mesh, stage, teacher = tiny
+  seen = []
+  original = teacher_cache._unpack_batch
+
+  def spy(fmt_, num_classes, temperature, variables, batch):
+    seen.append((variables, {name: (value.shape, str(value.dtype))
+                             for name, value in batch.items() if name.startswith("cached_")},
+                 temperature))
+    return original(fmt_, num_classes, temperature, variables, batch)
+
+  monkeypatch.setattr(teacher_cache, "_unpack_batch", spy)
+  stage = stage.copy_and_resolve_references()
+  stage.teacher_cache.update(dir=str(tmp_path / "cache"), format=fmt, k=k)
+  summary = loop.train(stage, str(tmp_path / "run"), teacher=teacher, data=data,
+                       mesh=mesh).summary
+  variables, fields, temperature = seen[0]
+  assert variables is None  # no [N, C] table on the device
+  batch = stage.batch_size
+  if fmt == "topk":
+    assert fields == {"cached_values": ((batch, k), "float16"),
+                      "cached_classes": ((batch, k), "uint8"),
+                      "cached_label_value": ((batch,), "float32"),
+                      "cached_lse": ((batch,), "float32")}
+  else:
+    assert fields == {"cached_classes": ((batch, k), "uint8")}
+    assert temperature == stage.method.temperature  # kd's T: the draws are at it
+  fingerprint = summary["fingerprint"]
+  assert (fingerprint["teacher.cache_format"], fingerprint["teacher.cache_k"]) == (fmt, k)
+  assert summary["teacher_cache"]["k"] == k and np.isfinite(summary["test_loss"])
+  if (fmt, k) == ("topk", 10):
+    np.testing.assert_allclose(summary["test_loss"], live["test_loss"], rtol=1e-3)
+    assert abs(summary["test_accuracy"] - live["test_accuracy"]) <= 2 / 256
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(teacher_cache__format="topk", teacher_cache__k=0),
+     r"teacher_cache.k=0 is not allowed: must be an integer in \[1, 10\]"),
+    (dict(teacher_cache__format="topk", teacher_cache__k=11),
+     r"teacher_cache.k=11 is not allowed: must be an integer in \[1, 10\]"),
+    (dict(teacher_cache__format="sampled", method__name="lr", method__lr_form="mse"),
+     r"teacher_cache.format='sampled' is not allowed: the mse form of label revision"),
+    (dict(teacher_cache__format="topk", teacher_cache__k=3, method__name="kd_topk",
+          method__topk=5), r"teacher_cache.k=3 is not allowed: must be >= method.topk=5"),
+    (dict(teacher_cache__format="sampled", method__name="lr",
+          method__revision_temperature=1.0),
+     (r"teacher_cache.format='sampled' is not allowed: the draws are at the temperature the "
+      r"method reads its teacher at \(4.0\)")),
+])
+def test_a_format_a_method_cannot_read_is_refused_in_one_line(fields, message, tmp_path):
+  config = pipeline.stage.stage_config(trainer_util.tiny_config(), "student")
+  config = _with(config, teacher_cache__dir=str(tmp_path), **fields)
+  with pytest.raises(ValueError, match=f"^{message}"):
+    checks.check_performance(config, num_classes=10)

@@ -21,6 +21,11 @@ to full size with mask False and index -1 (label 0, image 0), so reductions must
 Sharding: global batch s holds examples order[s·B:(s+1)·B]; process p takes rows
 [p·b, (p+1)·b), so the processes together see each example of an epoch exactly once.
 
+Extra fields (`extra`): a callable `extra(epoch, indices) -> {name: [n, ...] array}` whose
+arrays join every batch of real examples (padding rows get zeros), e.g. the teacher-output
+cache's rows of the batch (`kd_jax.train.teacher_cache`): read by example index as the batch
+is built, in the same thread or worker process, so they travel with it.
+
 Worker processes (`workers > 0`): the batches of an epoch are built in that many processes
 by grain (`MapDataset.range(steps).map(batch at step).mp_prefetch`), which hands them back in
 step order. A batch is a pure function of (seed, epoch, step), so the batches are identical
@@ -34,7 +39,7 @@ import dataclasses
 import functools
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -66,6 +71,7 @@ class Loader:
   process_count: int
   prefetch: int
   workers: int = 0
+  extra: Callable[[int, np.ndarray], dict] | None = None
 
   @property
   def local_batch_size(self) -> int:
@@ -99,7 +105,7 @@ class Loader:
     real = indices[:num_valid]
     info = self.source.info
     if not num_valid:  # a process whose whole share of the last eval batch is padding
-      return self._padding_batch(len(indices))
+      return self._padding_batch(len(indices), epoch)
     data = self.source.get_batch(real)
     images = augment_lib.transform(
         data["image"], family=info.augmentation, train=self.train and bool(self.augment),
@@ -109,6 +115,8 @@ class Loader:
       batch["superclass"] = np.asarray(data["superclass"], np.int32)
     batch["index"] = real.astype(np.int32)
     batch["mask"] = np.ones(num_valid, bool)
+    if self.extra is not None:
+      batch.update(self.extra(epoch, real))
     pad = len(indices) - num_valid
     if pad:
       batch = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)])
@@ -116,12 +124,15 @@ class Loader:
       batch["index"][num_valid:] = -1
     return batch
 
-  def _padding_batch(self, size: int) -> dict[str, np.ndarray]:
+  def _padding_batch(self, size: int, epoch: int) -> dict[str, np.ndarray]:
     info = self.source.info
     batch = {"image": np.zeros((size,) + tuple(info.input_shape), np.float32),
              "label": np.zeros(size, np.int32)}
     if info.num_superclasses:
       batch["superclass"] = np.zeros(size, np.int32)
+    if self.extra is not None:
+      batch.update({key: np.zeros((size,) + value.shape[1:], value.dtype)
+                    for key, value in self.extra(epoch, np.zeros(0, np.int64)).items()})
     return batch | {"index": np.full(size, -1, np.int32), "mask": np.zeros(size, bool)}
 
   def _batches(self, epoch: int, start_step: int) -> Iterator[dict[str, np.ndarray]]:

@@ -199,6 +199,8 @@ def check_performance(config, num_classes: int) -> None:
   formats = tuple(teacher_cache.FORMATS)
   if cache.format not in formats:
     fail("teacher_cache.format", cache.format, f"must be one of {formats}")
+  if cache.dir and methods.needs_teacher(config.method.name):
+    _check_cache_format(config, num_classes)
   if not isinstance(cache.dir, str):
     fail("teacher_cache.dir", cache.dir, "must be a directory path, or '' (no cache)")
   if cache.dir:
@@ -209,6 +211,30 @@ def check_performance(config, num_classes: int) -> None:
     if error and not _holds_tables(cache.dir):
       fail("teacher_cache.dir", cache.dir, f"must be a directory this process can create "
            f"and write ({workdir.io_cause(error.errno, error.strerror)}), or '' (no cache)")
+
+
+def _check_cache_format(config, num_classes: int) -> None:
+  """A sparse format's k, and the methods a sparse row cannot serve."""
+  cache, method = config.teacher_cache, config.method
+  if cache.format not in ("topk", "sampled"):
+    return
+  top = num_classes if cache.format == "topk" else 65536
+  if not _is_int(cache.k) or not 1 <= cache.k <= top:
+    fail("teacher_cache.k", cache.k, f"must be an integer in [1, {top}] for "
+         f"teacher_cache.format={cache.format!r}")
+  if methods.uses_mse_form(method):
+    fail("teacher_cache.format", cache.format, "the mse form of label revision regresses "
+         "every teacher logit: use 'float16' or 'float32' (or method.lr_form='kl')")
+  if (cache.format == "topk" and methods.base_name(method.name) == "kd_topk"
+      and cache.k < method.topk):
+    fail("teacher_cache.k", cache.k, f"must be >= method.topk={method.topk}: kd_topk keeps "
+         "more classes than the cache holds")
+  revision_t = method.revision_temperature
+  if (cache.format == "sampled" and methods.revises(method) and revision_t is not None
+      and revision_t != methods.teacher_temperature(method)):
+    fail("teacher_cache.format", cache.format, "the draws are at the temperature the method "
+         f"reads its teacher at ({methods.teacher_temperature(method)}), not at "
+         f"method.revision_temperature={revision_t}: leave it None, or use 'topk'/'float16'")
 
 
 def _write_error(directory: str) -> OSError | None:

@@ -85,7 +85,8 @@ def _save(checkpointer, state, meta: dict, metric_sums, val_accuracy=None,
 def _teacher_slot(config, teacher, loader, mesh, info):
   """`(teacher_fn, teacher_variables, cache)` of the train state: the live teacher (a copy
   of its variables, as the step donates its state and the caller keeps using the teacher),
-  or a lookup in the teacher-output cache, whose table the loop sets per epoch."""
+  or the rows of the teacher-output cache that the loader puts in each batch (the loop
+  prepares each epoch's table)."""
   if teacher is None:
     return None, None, None
   teacher_fn = stage_lib.live_teacher_fn(config, teacher)
@@ -94,7 +95,9 @@ def _teacher_slot(config, teacher, loader, mesh, info):
   cache = cache_lib.open_cache(config, teacher, teacher_fn, loader, mesh, info)
   print(f"kd_jax: {config.stage} reads its teacher's outputs from {cache.directory}/"
         f"{cache.key} ({config.teacher_cache.format})", flush=True)
-  return cache_lib.lookup, None, cache
+  fields = cache.fields
+  return (cache_lib.teacher_fn(fields["format"], info.num_classes, fields.get("temperature")),
+          None, cache)
 
 
 def _check_live_teacher(config, teacher, loader, mesh, epoch: int, first: int,
@@ -160,6 +163,8 @@ def train(config, workdir: str, *, teacher=None, data: splits.Data | None = None
     total_steps = config.num_epochs * steps_per_epoch
     tx, schedule = state_lib.make_optimizer(config.optim, steps_per_epoch)
     teacher_fn, teacher_variables, cache = _teacher_slot(config, teacher, loader, mesh, info)
+    if cache is not None:  # each batch brings its cached rows
+      loader = dataclasses.replace(loader, extra=cache.reader())
     selector = selected = None
     if methods.selects(method):
       selector = selection_rounds.Selector(config, teacher, data, mesh, model, seed)
@@ -212,11 +217,10 @@ def train(config, workdir: str, *, teacher=None, data: splits.Data | None = None
     # Loop: epochs of steps; logs, evaluations and checkpoints at their cadences.
     for epoch in range(first_epoch, config.num_epochs):
       if cache is not None and (cache.per_epoch or epoch == first_epoch):
-        # This epoch's teacher logits (read, or computed once and written). Without
-        # augmentation one table serves every epoch: the step passes it through (donated
-        # and aliased), so it is set only once per session.
+        # This epoch's table of teacher rows (read, or computed once and written), which the
+        # loader streams with the batches. Without augmentation one table serves every epoch.
         with clock.paused():
-          state = state.replace(teacher_variables=cache.device_table(epoch, mesh))
+          cache.prepare(epoch)
       if selector and selector.is_round(epoch) and meta["selection_epoch"] != epoch:
         with clock.paused():
           mask, stats = selector(state.variables, epoch)
@@ -293,7 +297,7 @@ def train(config, workdir: str, *, teacher=None, data: splits.Data | None = None
         train_step_compilations=train_step._cache_size(),  # pylint: disable=protected-access
         teacher=teacher and teacher.source,
         teacher_test_accuracy=teacher and teacher.test_accuracy,
-        teacher_cache=cache and dict(key=cache.key, format=config.teacher_cache.format),
+        teacher_cache=cache and dict(key=cache.key, **cache_lib.format_fields(config)),
         compute_dtype=config.compute_dtype,
         selection=meta["selection"] or None, fingerprint=fingerprint)
     writer.close()

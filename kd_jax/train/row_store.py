@@ -1,5 +1,6 @@
 """Tables of per-example rows on disk: chunked, checksummed per chunk, written atomically and
-read by example index, a batch at a time (the teacher-output cache's storage).
+read by example index, a batch at a time (the teacher-output cache's storage). `MemoryTable` serves the same rows from
+memory, for a table that could not be written.
 
 A table is a directory:
 
@@ -11,9 +12,10 @@ A table is a directory:
                        epoch's training order), so a training epoch reads the file in order
   <table>/meta.json    written last: the fields, the row count and the caller's `meta`
 
-`TableWriter` writes to `<table>.tmp<pid>` and renames it to `<table>` when complete, so a
-table directory holds a whole table or does not exist, and two writers of the same table only
-write the same rows twice. `Table.open` checks `meta.json` against what the caller expects,
+`TableWriter` writes to a temporary directory beside it (`workdir.temporary_path`: the next
+run removes a killed writer's, `workdir.remove_orphans`) and renames it to `<table>` when
+complete, so a table directory holds a whole table or does not exist, and two writers of the
+same table only write the same rows twice. `Table.open` checks `meta.json` against what the caller expects,
 `Table.verify` reads every chunk once (a flipped bit anywhere is found before training uses
 the table), and `Table.rows(indices)` returns the rows of a batch: the reader holds the
 batch's rows, never the table. A `Table` pickles without its open arrays, so loader worker
@@ -26,6 +28,8 @@ import os
 import shutil
 
 import numpy as np
+
+from kd_jax.train import workdir
 
 META = "meta.json"
 INDEX = "index"
@@ -71,7 +75,7 @@ class TableWriter:
                    INDEX: ((), np.dtype(np.int32))}
     row_bytes = max(int(np.prod(s)) * d.itemsize for s, d in self.fields.values())
     self.chunk_rows = int(np.clip(chunk_bytes // row_bytes, 16, max(16, self.num_rows)))
-    self.tmp = f"{path}.tmp{os.getpid()}"
+    self.tmp = workdir.temporary_path(path)
     shutil.rmtree(self.tmp, ignore_errors=True)
     os.makedirs(self.tmp)
     self.arrays = {name: _open(_spec(os.path.join(self.tmp, name), (self.num_rows, *shape),
@@ -180,8 +184,8 @@ class Table:
 
   def rows(self, indices: np.ndarray) -> dict:
     """The rows of example `indices` (int `[b]`; -1 = padding, given zeros) per field."""
-    indices = np.asarray(indices)
-    positions = self.position[np.maximum(indices, 0)]
+    indices = np.asarray(indices, np.int64)
+    positions = self.position[np.maximum(indices, 0)] if len(indices) else indices
     valid = (indices >= 0) & (positions >= 0)
     if not np.all(valid | (indices < 0)):
       missing = indices[(indices >= 0) & (positions < 0)][:5]
@@ -202,3 +206,24 @@ class Table:
         full[valid] = values
       out[name] = full
     return out
+
+
+@dataclasses.dataclass
+class MemoryTable:
+  """The rows `{field: [R, ...]}` of examples `index [R]`, held in memory: `Table`'s reads."""
+  fields: dict
+  index: np.ndarray
+  num_examples: int
+
+  def __post_init__(self):
+    self.position = np.full(self.num_examples, -1, np.int64)
+    self.position[self.index] = np.arange(len(self.index))
+
+  def rows(self, indices: np.ndarray) -> dict:
+    indices = np.asarray(indices, np.int64)
+    rows = self.position[np.maximum(indices, 0)]
+    if np.any((indices >= 0) & (rows < 0)):
+      raise ValueError("no row for some example indices")
+    return {name: np.where((indices >= 0).reshape(-1, *[1] * (value.ndim - 1)),
+                           value[np.maximum(rows, 0)], 0).astype(value.dtype)
+            for name, value in self.fields.items()}

@@ -3,8 +3,8 @@
 `TrainState` holds everything the jitted step reads: the trained model (student, or a
 teacher trained from labels) with its params, BatchNorm statistics, optimizer state, step
 and PRNG key; the frozen teacher (its forward function and variables, which the optimizer
-never touches and the checkpoint does not duplicate; with `teacher_cache.dir` set, a lookup
-and the epoch's logits table `[N, C]` instead, `kd_jax.train.teacher_cache`); and per-run
+never touches and the checkpoint does not duplicate; with `teacher_cache.dir` set, a function
+of the cached rows that come with each batch instead, `kd_jax.train.teacher_cache`); and per-run
 constants (the teacher's class similarity for KD-sim, the data-selection mask). A checkpoint
 holds only the trained model's part (`checkpoint_items`).
 
@@ -25,8 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-# teacher_fn(teacher_variables, batch) -> float32 logits [B, C]: a forward pass, or a lookup
-# of stored logits keyed by batch["index"]; the step never needs to know which.
+# teacher_fn(teacher_variables, batch) -> float32 logits [B, C]: a forward pass, or the
+# teacher's stored rows that the loader put in the batch; the step never needs to know which.
 TeacherFn = Callable[[Any, dict], jax.Array]
 
 

@@ -23,6 +23,7 @@ import io
 import json
 import os
 import re
+import shutil
 import socket
 import sys
 import threading
@@ -185,9 +186,13 @@ def remove_orphans(directory: str) -> list[str]:
     match = _TEMPORARY.search(name)
     if not match or match.group(2) not in (None, _HOST) or _running(int(match.group(1))):
       continue
+    path = os.path.join(directory, name)
     try:
-      os.remove(os.path.join(directory, name))
-      removed.append(os.path.join(directory, name))
+      if os.path.isdir(path):  # a table directory (kd_jax.train.row_store)
+        shutil.rmtree(path)
+      else:
+        os.remove(path)
+      removed.append(path)
     except OSError:
       pass
   return removed
