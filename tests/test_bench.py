@@ -33,7 +33,8 @@ def test_bench_scripts_quick():
           "step.py": ("step.py", "--device", "cpu"),
           "step.py sharded": ("step.py", "--host-devices", "2"),
           "convs.py": ("convs.py", "--device", "cpu"),
-          "losses.py --token": ("losses.py", "--token", "--device", "cpu")}
+          "losses.py --token": ("losses.py", "--token", "--device", "cpu"),
+          "cache.py": ("cache.py",)}
   processes = {
       name: subprocess.Popen([sys.executable, str(ROOT / "experiments" / "bench" / script), "--quick",
                               *flags],
@@ -89,3 +90,12 @@ def test_bench_scripts_quick():
     assert r["agree"], r
     assert r["jax_ms"] > 0 and r["torch_ms"] > 0 and r["jax_temp_mib"] >= 0
     assert r["jax_peak_mib"] is not None and r["torch_peak_mib"] is not None
+
+  formats = [r for r in outputs["cache.py"] if r["kind"] == "cache"]
+  assert [(r["format"], r["k"]) for r in formats] == [("float16", None), ("topk", 5)]
+  for r in formats:  # the table on disk is the rows, plus index, metadata and checksums
+    assert r["bytes_per_example_rows"] <= r["bytes_per_example_disk"] < 2 * (
+        r["bytes_per_example_rows"] + 4)
+    assert r["device_bytes_per_batch"] == r["bytes_per_example_rows"] * 64
+    assert set(r["read"]) == {"in_order_workers_0", "other_order_workers_0"}
+    assert min(r["read"].values()) > 0

@@ -3,7 +3,7 @@
   PYTHONPATH=. python experiments/bench/step.py [--pairs resnet32x4:resnet8x4,wrn_40_2:wrn_16_2]
       [--batch-sizes 64,256] [--steps 10] [--rounds 3] [--dtype float32|bfloat16]
       [--device auto|cpu|gpu] [--threads N] [--torch-compile on|off]
-      [--torch-compile-timeout S] [--teacher-outputs live,cache] [--cache-examples N]
+      [--torch-compile-timeout S] [--teacher-outputs live,cache,trainer] [--cache-examples N]
       [--host-devices N] [--quick]
 
 The defaults are sized for a GPU; on a CPU use few steps, e.g. `--batch-sizes 64 --steps 1
@@ -21,15 +21,16 @@ inputs (32x32x3, 100 classes); the same batch every step.
                  optax `add_decayed_weights + sgd`; one `jax.jit` with the student state
                  donated; the teacher variables and the batch are ARGUMENTS (closed over as
                  constants, XLA would fold the teacher forward away).
-  kd_jax cached  the same step with the teacher's logits looked up instead of computed: the
-                 trainer's teacher-output cache (`kd_jax.train.teacher_cache.lookup`) on a
-                 float16 table [--cache-examples, C] indexed by the batch's example indices
-                 (what a sweep's later runs do; the live step is the first run's cost).
+  kd_jax cached  the same step with the teacher's logits read instead of computed: the rows
+                 of the batch's examples (float16 [B, C]) come with the batch, as the
+                 trainer's teacher-output cache streams them from disk (what a sweep's later
+                 runs do; the live step is the first run's cost).
   kd_jax trainer cached  (`--teacher-outputs ...,trainer`) the trainer's own step,
-                 `kd_jax.train.step.train_step` with its teacher slot reading that table,
-                 jitted as `kd_jax.train.loop` jits it (state replicated on the device mesh,
-                 batch sharded, state donated): the per-method diagnostics and metrics
-                 included, i.e. what a sweep's later runs execute per step.
+                 `kd_jax.train.step.train_step` with its teacher slot unpacking those rows
+                 (`kd_jax.train.teacher_cache.teacher_fn`, format float16), jitted as
+                 `kd_jax.train.loop` jits it (state replicated on the device mesh, batch
+                 sharded, state donated): the per-method diagnostics and metrics included,
+                 i.e. what a sweep's later runs execute per step.
   torch          the same networks (`tests/torch_reference.py`, RepDistiller's layer names),
                  RepDistiller's DistillKL, `torch.optim.SGD`, eager.
   torch.compile  `torch.compile` of the forward + objective (backward through AOTAutograd,
@@ -40,8 +41,8 @@ Both start from the same weights (the torch models' weights imported with
 `kd_jax.models.convert_state_dict`; the teacher randomised with non-trivial BN statistics),
 and the first two steps' losses are compared before timing (relative error <= 1e-3 in
 float32 on CPU, 3e-2 in bfloat16 or on a GPU, where convolutions may use TF32).
-The cached step's losses are compared to torch's too (the table rows of the batch hold the
-live teacher's logits, rounded to float16: tolerance 2e-3 more).
+The cached step's losses are compared to torch's too (the batch's rows hold the live
+teacher's logits, rounded to float16: tolerance 2e-3 more).
 `--dtype bfloat16`: kd_jax modules compute in bfloat16 with float32 parameters (flax
 `dtype`), torch runs under `torch.autocast(bfloat16)`; the objective is float32 in both.
 
@@ -103,10 +104,10 @@ def live_teacher(teacher, teacher_variables, images, index):
   return teacher.apply(teacher_variables, images, train=False).astype(jnp.float32)
 
 
-def cached_teacher(table, images, index):
-  """The trainer's lookup: float16 `table [N, C]` at the batch's example indices."""
-  del images
-  return teacher_cache.lookup(table, {"index": index})
+def cached_teacher(rows, images, index):
+  """The cached teacher: the batch's float16 rows `[B, C]`, streamed with the batch."""
+  del images, index
+  return rows.astype(jnp.float32)
 
 
 def make_jax_step(teacher_fn, student, tx, method_config):
@@ -130,18 +131,20 @@ def make_jax_step(teacher_fn, student, tx, method_config):
   return train_step
 
 
-def trainer_cached_step(student, tx, student_vars, table, images, labels, index):
+def trainer_cached_step(student, tx, student_vars, rows, images, labels, index):
   """`(step, state, batch)`: the trainer's train step on a cached-teacher state, built and
-  jitted as `kd_jax.train.loop` builds it, starting from `student_vars`."""
+  jitted as `kd_jax.train.loop` builds it, starting from `student_vars`; the batch brings
+  its float16 teacher rows."""
   mesh = parallel.make_mesh()
-  state = state_lib.create_train_state(student, tx, jax.random.PRNGKey(0), IMAGE_SHAPE,
-                                       teacher_fn=teacher_cache.lookup,
-                                       teacher_variables=table)
+  state = state_lib.create_train_state(
+      student, tx, jax.random.PRNGKey(0), IMAGE_SHAPE,
+      teacher_fn=teacher_cache.teacher_fn("float16", NUM_CLASSES, None))
   # Host copies: the other steps donate (delete) the arrays they were given.
   student_vars = jax.tree.map(np.array, student_vars)
   state = state.replace(params=student_vars["params"], batch_stats=student_vars["batch_stats"],
                         opt_state=tx.init(student_vars["params"]))
-  batch = dict(image=images, label=labels, index=index, mask=np.ones(len(labels), bool))
+  batch = dict(image=images, label=labels, index=index, mask=np.ones(len(labels), bool),
+               **{teacher_cache.FIELD_PREFIX + "logits": rows})
   replicated = parallel.replicated(mesh)
   step = jax.jit(functools.partial(step_lib.train_step, method=kd_method_config(),
                                    steps_per_epoch=STEPS_PER_EPOCH),
@@ -225,29 +228,29 @@ def run_case(teacher_name, student_name, batch, args, torch_device) -> dict:
                                kd_method_config()), donate_argnums=0)
   state = dict(params=student_vars["params"], batch_stats=student_vars["batch_stats"],
                opt_state=tx.init(student_vars["params"]))
-  # Distinct example indices of the batch in a table of --cache-examples rows, whose batch
-  # rows hold the live teacher's logits (float16, as the cache stores them).
+  # The batch's example indices, and its rows of the cache: the live teacher's logits,
+  # rounded to float16 as the cache stores them.
   index = rng.choice(args.cache_examples, batch, replace=False).astype(np.int32)
   cached = "cache" in args.teacher_outputs.split(",")
   trainer = "trainer" in args.teacher_outputs.split(",")
   if cached or trainer:
-    table = rng.normal(size=(args.cache_examples, NUM_CLASSES)).astype(np.float16)
-    table[index] = np.asarray(jax.jit(teacher.apply)(teacher_vars, images)).astype(np.float16)
+    rows = np.asarray(jax.jit(teacher.apply)(teacher_vars, images)).astype(np.float16)
   if trainer:
     trainer_step, trainer_state, trainer_batch = trainer_cached_step(
-        student, tx, student_vars, table, images, labels, index)
+        student, tx, student_vars, rows, images, labels, index)
   if cached:
     cached_step = jax.jit(make_jax_step(cached_teacher, student, tx, kd_method_config()),
                           donate_argnums=0)
     # Its own copy of the initial state: each step donates (deletes) the state it is given.
-    cached_state, table = jax.tree.map(jnp.copy, jax.device_put(state)), jax.device_put(table)
+    cached_state, cached_rows = jax.tree.map(jnp.copy, jax.device_put(state)), jax.device_put(rows)
   state, teacher_vars, x, y, idx = jax.device_put((state, teacher_vars, images, labels, index))
   if jax.device_count() > 1:  # --host-devices: the trainer's layout, batch split over devices
     mesh = parallel.make_mesh()
     state, teacher_vars = parallel.replicate((state, teacher_vars), mesh)
     x, y, idx = jax.device_put((x, y, idx), parallel.data_sharded(mesh))
     if cached:
-      cached_state, table = parallel.replicate((cached_state, table), mesh)
+      cached_state = parallel.replicate(cached_state, mesh)
+      cached_rows = jax.device_put(cached_rows, parallel.data_sharded(mesh))
 
   start = time.perf_counter()
   lowered = step.lower(state, teacher_vars, x, y, idx)
@@ -274,7 +277,7 @@ def run_case(teacher_name, student_name, batch, args, torch_device) -> dict:
     if i == 0:
       first_call_s = time.perf_counter() - start
     if cached:
-      cached_state, loss = cached_step(cached_state, table, x, y, idx)
+      cached_state, loss = cached_step(cached_state, cached_rows, x, y, idx)
       cached_losses.append(float(loss))
     if trainer:
       trainer_state, metrics = trainer_step(trainer_state, trainer_batch)
@@ -339,7 +342,7 @@ def run_case(teacher_name, student_name, batch, args, torch_device) -> dict:
   blocks = {"kd_jax": jax_timer("kd_jax", state, lambda s: step(s, teacher_vars, x, y, idx))}
   if cached:
     blocks["kd_jax cached"] = jax_timer("kd_jax cached", cached_state,
-                                        lambda s: cached_step(s, table, x, y, idx))
+                                        lambda s: cached_step(s, cached_rows, x, y, idx))
   if trainer:
     blocks["kd_jax trainer cached"] = jax_timer("kd_jax trainer cached", trainer_state,
                                                 lambda s: trainer_step(s, trainer_batch))
@@ -404,10 +407,10 @@ def main(argv=None):
                       help="seconds allowed for torch.compile's first step, else 'failed'")
   parser.add_argument("--teacher-outputs", default="live,cache",
                       help="'live' (the forward pass; always timed), plus 'cache' (the step "
-                      "with the teacher's logits looked up from a table) and/or 'trainer' (the "
-                      "trainer's own step on that table)")
+                      "with the teacher's logits read from the batch, as the cache streams "
+                      "them) and/or 'trainer' (the trainer's own step on those rows)")
   parser.add_argument("--cache-examples", type=int, default=50_000,
-                      help="rows of the cached-teacher table (CIFAR's training set: 50000)")
+                      help="the training set the batch's example indices are drawn from")
   parser.add_argument("--host-devices", type=int, default=1,
                       help="CPU only: split the CPU into this many XLA devices and shard kd_jax's "
                       "batch over them (XLA_FLAGS --xla_force_host_platform_device_count)")
