@@ -34,7 +34,8 @@ def test_bench_scripts_quick():
           "step.py sharded": ("step.py", "--host-devices", "2"),
           "convs.py": ("convs.py", "--device", "cpu"),
           "losses.py --token": ("losses.py", "--token", "--device", "cpu"),
-          "cache.py": ("cache.py",)}
+          "cache.py": ("cache.py",),
+          "checkpoint.py": ("checkpoint.py",)}
   processes = {
       name: subprocess.Popen([sys.executable, str(ROOT / "experiments" / "bench" / script), "--quick",
                               *flags],
@@ -99,3 +100,8 @@ def test_bench_scripts_quick():
     assert r["device_bytes_per_batch"] == r["bytes_per_example_rows"] * 64
     assert set(r["read"]) == {"in_order_workers_0", "other_order_workers_0"}
     assert min(r["read"].values()) > 0
+
+  (saves,) = [r for r in outputs["checkpoint.py"] if r["kind"] == "checkpoint"]
+  assert saves["model"] == "mlp_small"
+  assert 0 < saves["async_stall_s"] <= saves["async_on_disk_s"]  # the write finishes later
+  assert 0 < saves["sync_stall_s"] == pytest.approx(saves["sync_on_disk_s"], abs=0.05)

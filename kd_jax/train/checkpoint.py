@@ -20,6 +20,14 @@ temporary directory renamed when complete, so a kill mid-save leaves no partial 
 save that fails (disk full, file too large, permission denied) raises
 `workdir.WriteFailed` naming the step's directory and the cause; the rerun resumes from the
 previous step (orbax removes the unfinished temporary directory).
+
+Asynchronous saves (`checkpoint.async_save`, orbax's async checkpointing): `save` returns once
+the arrays are copied off the device and checksummed (the checksums are of the values being
+saved, as before); the files are written in a background thread while training goes on. A
+save in flight is waited for before the next one, before any restore and at `close`, and a
+background write that failed raises `workdir.WriteFailed` there, naming its step. Killed
+mid-write, the step stays a temporary directory, never a step: the rerun resumes from the
+previous one.
 """
 
 import contextlib
@@ -77,7 +85,8 @@ class UnreadableCheckpoint(ValueError):
   """A step that cannot be read or fails its checksum."""
 
 
-def _manager(directory: str, keep: int | None = None) -> ocp.CheckpointManager:
+def _manager(directory: str, keep: int | None = None,
+             async_save: bool = False) -> ocp.CheckpointManager:
   policies = checkpoint_managers
   preservation = None
   if keep is not None:
@@ -85,7 +94,7 @@ def _manager(directory: str, keep: int | None = None) -> ocp.CheckpointManager:
         policies.LatestN(keep),
         policies.BestN(get_metric_fn=lambda m: (m["val_accuracy"], -m["step"]), n=1,
                        keep_checkpoints_without_metrics=False)])
-  options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False,
+  options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=async_save,
                                          preservation_policy=preservation)
   return ocp.CheckpointManager(os.path.abspath(directory), options=options,
                                item_names=(*ARRAY_ITEMS, "meta"))
@@ -112,8 +121,10 @@ def _verified(manager, step: int, abstract_items: dict) -> dict:
   return dict(items, meta=meta)
 
 
-# Tensorstore reports an OS error inside its message: "... File too large [os_error_code='27']".
+# Tensorstore reports an OS error inside its message: "... File too large [os_error_code='27']",
+# and an asynchronous save's failure names the step it was writing: ".../5.orbax-checkpoint-tmp".
 _OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
+_FAILED_STEP = re.compile(r"/(\d+)\.orbax-checkpoint-tmp")
 _SETTLE_SECONDS = 30.0
 
 
@@ -140,31 +151,45 @@ def _settle(threads_before: set) -> None:
 class Checkpointer:
   """The checkpoints of one run directory (resume, best-validation, final)."""
 
-  def __init__(self, run_dir: str, keep: int):
+  def __init__(self, run_dir: str, keep: int, async_save: bool = False):
     self.run_dir = run_dir
-    self.manager = _manager(os.path.join(run_dir, CHECKPOINTS), keep)
+    self.manager = _manager(os.path.join(run_dir, CHECKPOINTS), keep, async_save)
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def save(self, step: int, items: dict, meta: dict, val_accuracy: float | None = None):
-    """Writes `items` (`TrainState.checkpoint_items()`) and `meta` with their checksums."""
-    if step in self.manager.all_steps():
-      return  # Written before an interruption: the same content (the run is deterministic).
-    meta = dict(meta, checksums={name: tree_checksum(items[name]) for name in ARRAY_ITEMS})
-    args = {name: ocp.args.StandardSave(items[name]) for name in ARRAY_ITEMS}
-    metrics = None if val_accuracy is None else dict(val_accuracy=val_accuracy, step=step)
+  @contextlib.contextmanager
+  def _writing(self, step: int):
+    """I/O errors of saving `step` (or of an earlier asynchronous save the block waits for)
+    as one `workdir.WriteFailed` line; anything else is a bug and is re-raised."""
     threads_before = set(threading.enumerate())
     try:
-      self.manager.save(step, args=ocp.args.Composite(meta=ocp.args.JsonSave(meta), **args),
-                        metrics=metrics, force=True)
-    except Exception as error:  # I/O errors as one line; anything else is a bug: re-raised
+      yield
+    except Exception as error:
       code = _io_errno(error)
       if code is None:
         raise
       _settle(threads_before)
-      raise workdir.WriteFailed(f"cannot write {self.manager.directory}/{step}: "
+      failed = _FAILED_STEP.search(str(error))
+      raise workdir.WriteFailed(f"cannot write {self.manager.directory}/"
+                                f"{failed.group(1) if failed else step}: "
                                 f"{workdir.io_cause(code)}") from None
+
+  def save(self, step: int, items: dict, meta: dict, val_accuracy: float | None = None):
+    """Writes `items` (`TrainState.checkpoint_items()`) and `meta` with their checksums."""
+    with self._writing(step):
+      if step in self.manager.all_steps():
+        return  # Written before an interruption: the same content (the run is deterministic).
+      meta = dict(meta, checksums={name: tree_checksum(items[name]) for name in ARRAY_ITEMS})
+      args = {name: ocp.args.StandardSave(items[name]) for name in ARRAY_ITEMS}
+      metrics = None if val_accuracy is None else dict(val_accuracy=val_accuracy, step=step)
+      self.manager.save(step, args=ocp.args.Composite(meta=ocp.args.JsonSave(meta), **args),
+                        metrics=metrics, force=True)
+
+  def wait(self) -> None:
+    """Returns when every save is on disk (at once for synchronous saves)."""
+    with self._writing(self.manager.latest_step()):
+      self.manager.wait_until_finished()
 
   def restore_latest(self, abstract_items: dict, fingerprint: dict) -> dict | None:
     """{variables, train, meta} of the newest good step, or None when there is none.
@@ -183,6 +208,7 @@ class Checkpointer:
 
   def restore(self, step: int, abstract_items: dict) -> dict:
     """{items..., meta} of `step` (e.g. the best-validation one); UnreadableCheckpoint if bad."""
+    self.wait()
     return _verified(self.manager, step, abstract_items)
 
   def _move_aside(self, step: int) -> None:
@@ -195,6 +221,7 @@ class Checkpointer:
     self.manager.reload()
 
   def close(self) -> None:
+    self.wait()
     self.manager.close()
 
 

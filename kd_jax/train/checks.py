@@ -73,6 +73,8 @@ def check_stage(config, data) -> None:
   if not (_is_int(keep) and keep >= 1 and _is_int(every) and every >= 0):
     fail("checkpoint.keep/every_steps", (keep, every),
           "keep >= 1 and every_steps >= 0 (0: only at epoch ends)")
+  if not isinstance(config.checkpoint.get("async_save", False), bool):
+    fail("checkpoint.async_save", config.checkpoint.async_save, "must be True or False")
   if info.num_classes < 2:
     fail("num_classes", info.num_classes, "must be >= 2 (dataset options)")
   stage = config.stage

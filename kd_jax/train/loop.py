@@ -183,7 +183,8 @@ def train(config, workdir: str, *, teacher=None, data: splits.Data | None = None
     test_loader = evaluate.eval_loader(data.test, config.eval_batch_size)
 
     # Restore: the newest good checkpoint of this configuration, if any.
-    checkpointer = ckpt_lib.Checkpointer(workdir, config.checkpoint.keep)
+    checkpointer = ckpt_lib.Checkpointer(workdir, config.checkpoint.keep,
+                                         config.checkpoint.async_save)
     restored = checkpointer.restore_latest(ckpt_lib.abstract(state.checkpoint_items()),
                                            fingerprint)
     # What a checkpoint records beside the arrays (JSON): the position is added at each save.
