@@ -39,7 +39,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from kd_jax import methods, models, pipeline
-from kd_jax.train import parallel
+from kd_jax.train import parallel, row_store
 from kd_jax.train import state as state_lib
 from kd_jax.train import step as step_lib
 
@@ -74,8 +74,10 @@ def table_stats(cache_dir, temperature):
   for key in os.listdir(cache_dir):
     with open(os.path.join(cache_dir, key, "key.json")) as f:
       fields = json.load(f)
-    with np.load(os.path.join(cache_dir, key, "views.npz")) as f:
-      tables[fields["format"]] = f["logits"].astype(np.float64)
+    table = row_store.Table.open(os.path.join(cache_dir, key, "views"), {},
+                                 fields["num_examples"])
+    rows = table.rows(np.sort(table.index()))["logits"]
+    tables[fields["format"]] = rows.astype(np.float64)
   exact, rounded = tables["float32"], tables["float16"]
 
   def probs(z):

@@ -161,11 +161,15 @@ class Table:
                       for name in self.meta["fields"]}
     return self._arrays
 
+  def index(self) -> np.ndarray:
+    """int32 `[R]`: the example index of each row, in the order the rows were written."""
+    return self._open_arrays()[INDEX].read().result()
+
   @property
   def position(self) -> np.ndarray:
     """int64 `[N]`: the row of each example index, -1 where no row holds it."""
     if self._position is None:
-      index = self._open_arrays()[INDEX].read().result()
+      index = self.index()
       position = np.full(self.num_examples, -1, np.int64)
       position[index] = np.arange(len(index))
       self._position = position
