@@ -26,7 +26,6 @@ estimates, no accelerator measured). One JSON line per case, then a markdown tab
 
 import argparse
 import dataclasses
-import json
 import os
 import shutil
 import tempfile
@@ -152,9 +151,7 @@ def main():
       shutil.rmtree(path)
   finally:
     shutil.rmtree(scratch, ignore_errors=True)
-  if args.out:
-    with open(args.out, "a") as f:
-      f.writelines(json.dumps(r) + "\n" for r in records)
+  common.append_jsonl(args.out, records)
   rows = [[r["format"], r["k"] or "", r["bytes_per_example_disk"], r["imagenet_epoch_mb_disk"],
            r["imagenet_90_epochs_gb_disk"], round(r["device_bytes_per_batch"] / 1024, 1),
            min(r["read"].values())] for r in records[1:]]

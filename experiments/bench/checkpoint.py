@@ -115,9 +115,7 @@ def main():
       common.emit(record)
   finally:
     shutil.rmtree(scratch, ignore_errors=True)
-  if args.out:
-    with open(args.out, "a") as f:
-      f.writelines(json.dumps(r) + "\n" for r in records)
+  common.append_jsonl(args.out, records)
   rows = [[r["model"], r["megabytes"], r["sync_stall_s"], r["async_stall_s"],
            r["async_on_disk_s"],
            ", ".join(f"{d.split(' (')[0]}: {v['sync']:.1%} -> {v['async']:.1%}"

@@ -132,6 +132,13 @@ def emit(record: dict) -> None:
   print(json.dumps(record), flush=True)
 
 
+def append_jsonl(path: str, records: list[dict]) -> None:
+  """Appends `records` to the JSONL file `path` (`--out`; nothing when it is '')."""
+  if path:
+    with open(path, "a") as f:
+      f.writelines(json.dumps(r) + "\n" for r in records)
+
+
 def calibrate(fn: Callable[[], object], min_block_s: float, max_reps: int = 10_000) -> int:
   """Calls per timing block so one block lasts about `min_block_s` (fn already warm)."""
   start = time.perf_counter()
