@@ -54,7 +54,7 @@ import os
 
 import numpy as np
 
-from kd_jax import metrics
+from kd_jax import _files, metrics
 from kd_jax.train import evaluate as eval_lib
 from kd_jax.train import loop, parallel
 from kd_jax.train import stage as stage_lib
@@ -86,9 +86,9 @@ def stage_configs(config) -> dict:
 
 
 def _save_array(path: str, write) -> None:
-  """`workdir.atomic_write` on the primary process, then a barrier."""
+  """`_files.atomic_write` on the primary process, then a barrier."""
   if parallel.is_primary():
-    workdir_lib.atomic_write(path, write)
+    _files.atomic_write(path, write)
   parallel.sync(f"save_{os.path.basename(path)}")
 
 

@@ -30,20 +30,24 @@ that differs, an archive of another format, no download); 1 a bug.
 """
 
 import argparse
-import hashlib
 import io
-import json
 import os
 import pickle
-import shutil
 import sys
 import tarfile
-import urllib.request
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
 from kd_jax.data import images, prepared
+from kd_jax.data.archives import (
+  PrepareError,
+  Staging,
+  download,
+  identity,
+  say,
+  verify,
+)
 
 _CIFAR = {
     "cifar10": dict(
@@ -68,148 +72,6 @@ _IMAGENET = {
                  size=6744924160),
 }
 _VAL_SHARD = 1000  # ImageNet validation images per shard (train: one shard per class)
-
-
-class PrepareError(Exception):
-  """Bad input: reported in one line, exit 2."""
-
-
-def say(message: str) -> None:
-  print(f"kd_jax.prepare: {message}", flush=True)
-
-
-def md5sum(path: str) -> str:
-  digest = hashlib.md5()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 22), b""):
-      digest.update(chunk)
-  return digest.hexdigest()
-
-
-def _verify(path: str, md5: str, size: int | None, skip: bool, verified: set) -> None:
-  """Stops on a size or MD5 that differs from the published one (unless `skip`); a file
-  already verified by an earlier (interrupted) run, unchanged since, is not hashed again."""
-  stat = os.stat(path)
-  identity = f"{os.path.abspath(path)}:{stat.st_size}:{stat.st_mtime_ns}"
-  if skip or identity in verified:
-    return
-  if size is not None and stat.st_size != size:
-    raise PrepareError(f"{path} has {stat.st_size} bytes, the published archive {size}: a "
-                       "truncated or different file (pass --skip_checksum to use it anyway)")
-  say(f"checking the MD5 of {path} ...")
-  actual = md5sum(path)
-  if actual != md5:
-    raise PrepareError(f"{path}: MD5 {actual} is not the published {md5}: a damaged or "
-                       "different file; download it again, or pass --skip_checksum to use "
-                       "it anyway")
-  verified.add(identity)
-
-
-def download(url: str, path: str) -> None:
-  """`url` to `path`, through `path.partial` (a download cut off never looks complete)."""
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  say(f"downloading {url} to {path}")
-  try:
-    with urllib.request.urlopen(url, timeout=60) as response, open(path + ".partial",
-                                                                    "wb") as out:
-      shutil.copyfileobj(response, out, 1 << 22)
-  except OSError as error:  # URLError, timeouts, a full disk
-    raise PrepareError(f"cannot download {url} ({error}): download it yourself and pass "
-                       "--archive=PATH") from None
-  os.replace(path + ".partial", path)
-
-
-class Staging:
-  """DATA_DIR/<name>/prepared.partial: the shards written so far, then the atomic rename."""
-
-  def __init__(self, dataset_dir: str, source: dict):
-    self.final = os.path.join(dataset_dir, prepared.FINAL)
-    self.dir = os.path.join(dataset_dir, prepared.STAGING)
-    self.source = source
-    earlier = None
-    source_path = os.path.join(self.dir, "source.json")
-    if os.path.isfile(source_path):
-      with open(source_path) as f:
-        earlier = json.load(f)
-    if earlier is not None and earlier.get("source") != source:
-      say(f"{self.dir} holds a prepare of other archives: starting afresh")
-      shutil.rmtree(self.dir)
-      earlier = None
-    if earlier is not None:
-      for name in os.listdir(self.dir):  # pieces of a shard being written when it was killed
-        if name.endswith(".tmp"):
-          os.remove(os.path.join(self.dir, name))
-    self.verified = set((earlier or {}).get("verified", []))
-
-  def save(self) -> None:
-    """Creates the staging directory (nothing is written before the checksums pass) and
-    records the sources and the archives verified, for a rerun."""
-    os.makedirs(self.dir, exist_ok=True)
-    _write_json(os.path.join(self.dir, "source.json"),
-                dict(source=self.source, verified=sorted(self.verified)))
-
-  @staticmethod
-  def shard(split: str, k: int) -> str:
-    return f"{split}.{k:05d}"
-
-  def done(self, split: str, k: int) -> bool:
-    return os.path.isfile(os.path.join(self.dir, self.shard(split, k) + ".json"))
-
-  def write_shard(self, split: str, k: int, examples: Iterable[tuple]) -> int:
-    """Writes shard k of `split` from `(key, label, superclass, record bytes)`; the shard
-    counts as written only once its .json (keys and labels) exists."""
-    from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
-    base = os.path.join(self.dir, self.shard(split, k))
-    writer = array_record_module.ArrayRecordWriter(base + ".array_record.tmp", "group_size:1")
-    keys, labels, superclasses = [], [], []
-    try:
-      for key, label, superclass, record in examples:
-        writer.write(record)
-        keys.append(key)
-        labels.append(int(label))
-        superclasses.append(None if superclass is None else int(superclass))
-    finally:
-      writer.close()
-    os.replace(base + ".array_record.tmp", base + ".array_record")
-    _write_json(base + ".json", dict(keys=keys, labels=labels, superclasses=superclasses))
-    return len(keys)
-
-  def finalize(self, shards: dict[str, int], salts: dict[str, str], manifest: dict) -> None:
-    """The order, labels and manifest of every split, then the rename to prepared/."""
-    splits = {}
-    for split, count in shards.items():
-      keys, labels, superclasses = [], [], []
-      for k in range(count):
-        with open(os.path.join(self.dir, self.shard(split, k) + ".json")) as f:
-          sidecar = json.load(f)
-        keys += sidecar["keys"]
-        labels += sidecar["labels"]
-        superclasses += sidecar["superclasses"]
-      order = prepared.tfds_order(keys, salts[split])
-      np.save(os.path.join(self.dir, f"{split}.order.npy"), order)
-      np.save(os.path.join(self.dir, f"{split}.labels.npy"),
-              np.asarray(labels, np.int32)[order])
-      if manifest.get("num_superclasses"):
-        np.save(os.path.join(self.dir, f"{split}.superclasses.npy"),
-                np.asarray(superclasses, np.int32)[order])
-      splits[split] = dict(num_examples=len(keys), tfds_split=salts[split],
-                           shards=[self.shard(split, k) + ".array_record"
-                                   for k in range(count)])
-    _write_json(os.path.join(self.dir, prepared.MANIFEST),
-                dict(manifest, version=prepared.FORMAT_VERSION, splits=splits,
-                     source=self.source))
-    os.rename(self.dir, self.final)  # the one step after which it looks complete
-
-
-def _write_json(path: str, value) -> None:
-  with open(path + ".tmp", "w") as f:
-    json.dump(value, f)
-  os.replace(path + ".tmp", path)
-
-
-def _identity(path: str) -> dict:
-  stat = os.stat(path)
-  return dict(path=os.path.abspath(path), size=stat.st_size, mtime_ns=stat.st_mtime_ns)
 
 
 # --- CIFAR ---------------------------------------------------------------------------------
@@ -276,8 +138,8 @@ def prepare_cifar(name: str, data_dir: str, archive: str | None, skip_checksum: 
       download(spec["url"], archive)
   if not os.path.isfile(archive):
     raise PrepareError(f"--archive={archive} is not a file: give the path of {spec['file']}")
-  staging = Staging(prepared.dataset_dir(name, data_dir), dict(archive=_identity(archive)))
-  _verify(archive, spec["md5"], None, skip_checksum, staging.verified)
+  staging = Staging(prepared.dataset_dir(name, data_dir), dict(archive=identity(archive)))
+  verify(archive, spec["md5"], None, skip_checksum, staging.verified)
   staging.save()
   with _open_tar(archive, "r:gz") as tar:
     meta = _cifar_batch(tar, f"{spec['folder']}/{spec['meta']}")
@@ -427,13 +289,13 @@ def prepare_imagenet(data_dir: str, archive: str | None, skip_checksum: bool,
   if not tars and not all(os.path.isdir(os.path.join(archive, d)) for d in ("train", "val")):
     raise PrepareError(f"--archive={archive} holds neither ILSVRC2012_img_train.tar and "
                        "ILSVRC2012_img_val.tar nor train/ and val/ folders")
-  identity = ({split: _identity(os.path.join(archive, spec["file"]))
-               for split, spec in _IMAGENET.items()} if tars
-              else dict(folders=os.path.abspath(archive)))
-  staging = Staging(prepared.dataset_dir("imagenet2012", data_dir), identity)
+  source = ({split: identity(os.path.join(archive, spec["file"]))
+             for split, spec in _IMAGENET.items()} if tars
+            else dict(folders=os.path.abspath(archive)))
+  staging = Staging(prepared.dataset_dir("imagenet2012", data_dir), source)
   if tars:
     for spec in _IMAGENET.values():
-      _verify(os.path.join(archive, spec["file"]), spec["md5"], spec["size"], skip_checksum,
+      verify(os.path.join(archive, spec["file"]), spec["md5"], spec["size"], skip_checksum,
               staging.verified)
   staging.save()
   try:

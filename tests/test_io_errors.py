@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import trainer_util
 
-from kd_jax import models, pipeline
+from kd_jax import _files, models, pipeline
 from kd_jax.train import checkpoint as ckpt_lib
 from kd_jax.train import parallel, row_store, teacher_cache
 from kd_jax.train import stage as stage_lib
@@ -173,7 +173,7 @@ def test_a_killed_writers_temporary_files_are_removed_by_the_next_run_of_the_key
 
   key_dir = tmp_path / open_cache().key
   os.makedirs(key_dir)
-  dead, host = _dead_pid(), workdir_lib.temporary_path("x").split("-", 1)[1]
+  dead, host = _dead_pid(), _files.temporary_path("x").split("-", 1)[1]
   names = {"killed": f"views.tmp{dead}-{host}.npz",  # SIGKILLed mid-write: removed
            "older": f"views.tmp{dead}.npz",  # the naming before the host: this host's
            "live": f"views.tmp{os.getpid()}-{host}.npz",  # a writer still writing: kept

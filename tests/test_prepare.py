@@ -16,7 +16,7 @@ import trainer_util
 from PIL import Image
 
 from kd_jax import data, prepare
-from kd_jax.data import fake_archives, prepared
+from kd_jax.data import archives, fake_archives, prepared
 
 hashing = pytest.importorskip("tensorflow_datasets.core.hashing")
 
@@ -76,7 +76,7 @@ def test_checksum_mismatch_stops_before_writing_and_rerun_is_a_no_op(tmp_path, c
   assert error.count("\n") == 1 and "is not the published eb9058c3a382ffc7106e4002c42a8d85" in error
   assert "--skip_checksum" in error and not (tmp_path / "d" / "cifar100").exists()
   with open(archive, "rb") as f:
-    assert prepare.md5sum(archive) == hashlib.md5(f.read()).hexdigest()
+    assert archives.md5sum(archive) == hashlib.md5(f.read()).hexdigest()
   _prepare("cifar100", f"--archive={archive}", f"--data_dir={tmp_path / 'd'}", "--skip_checksum")
   _prepare("cifar100", f"--archive={archive}", f"--data_dir={tmp_path / 'd'}")  # no checksum
   assert "already prepared" in capsys.readouterr().out
@@ -163,7 +163,7 @@ def test_interrupted_prepare_never_looks_complete_and_resumes(tmp_path, monkeypa
 def test_other_archives_in_the_staging_directory_start_afresh(tmp_path):
   first = fake_archives.cifar("cifar100", str(tmp_path / "a.tar.gz"), 20, 10, seed=0)
   staging = prepare.Staging(prepared.dataset_dir("cifar100", str(tmp_path)),
-                            dict(archive=prepare._identity(first)))
+                            dict(archive=archives.identity(first)))
   staging.save()
   staging.write_shard("train", 0, [(0, 1, 1, b"\0" * 3072)])
   second = fake_archives.cifar("cifar100", str(tmp_path / "b.tar.gz"), 20, 10, seed=1)

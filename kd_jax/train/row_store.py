@@ -12,8 +12,8 @@ A table is a directory:
                        epoch's training order), so a training epoch reads the file in order
   <table>/meta.json    written last: the fields, the row count and the caller's `meta`
 
-`TableWriter` writes to a temporary directory beside it (`workdir.temporary_path`: the next
-run removes a killed writer's, `workdir.remove_orphans`) and renames it to `<table>` when
+`TableWriter` writes to a temporary directory beside it (`kd_jax._files.temporary_path`: the
+next run removes a killed writer's, `remove_orphans`) and renames it to `<table>` when
 complete, so a table directory holds a whole table or does not exist, and two writers of the
 same table only write the same rows twice. `Table.open` checks `meta.json` against what the caller expects,
 `Table.verify` reads every chunk once (a flipped bit anywhere is found before training uses
@@ -29,7 +29,7 @@ import shutil
 
 import numpy as np
 
-from kd_jax.train import workdir
+from kd_jax import _files
 
 META = "meta.json"
 INDEX = "index"
@@ -75,7 +75,7 @@ class TableWriter:
                    INDEX: ((), np.dtype(np.int32))}
     row_bytes = max(int(np.prod(s)) * d.itemsize for s, d in self.fields.values())
     self.chunk_rows = int(np.clip(chunk_bytes // row_bytes, 16, max(16, self.num_rows)))
-    self.tmp = workdir.temporary_path(path)
+    self.tmp = _files.temporary_path(path)
     shutil.rmtree(self.tmp, ignore_errors=True)
     os.makedirs(self.tmp)
     self.arrays = {name: _open(_spec(os.path.join(self.tmp, name), (self.num_rows, *shape),

@@ -63,7 +63,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kd_jax import methods
+from kd_jax import _files, methods
 from kd_jax.train import cache_formats, parallel, row_store, workdir
 
 FORMATS = cache_formats.FORMATS
@@ -261,7 +261,7 @@ class TeacherCache:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         key_json = os.path.join(self.directory, self.key, "key.json")
         if not os.path.exists(key_json):
-          workdir.write_text(key_json, json.dumps(self.fields, indent=2, sort_keys=True,
+          _files.write_text(key_json, json.dumps(self.fields, indent=2, sort_keys=True,
                                                   default=str))
         with row_store.TableWriter(path, self.row_fields, len(index),
                                    self._expected_meta(epoch)) as writer:
@@ -377,6 +377,6 @@ def open_cache(config, teacher, forward, loader, mesh, info) -> TeacherCache:
   cache = TeacherCache(os.path.abspath(config.teacher_cache.dir), fields, compute,
                        teacher_source=teacher.source)
   if parallel.is_primary():  # this run owns the key: a killed writer's leftovers go
-    for path in workdir.remove_orphans(os.path.join(cache.directory, cache.key)):
+    for path in _files.remove_orphans(os.path.join(cache.directory, cache.key)):
       print(f"kd_jax: removed {path}, left by a writer that was killed", flush=True)
   return cache

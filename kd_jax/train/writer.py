@@ -26,7 +26,8 @@ import time
 import jax
 import numpy as np
 
-from kd_jax.train import parallel, workdir
+from kd_jax import _files
+from kd_jax.train import parallel
 
 
 def _clean(value):
@@ -109,7 +110,7 @@ def _keep_records_until(path: str, resume_step: int | None) -> None:
         continue  # A line cut by a kill.
       if resume_step is not None and record["step"] <= resume_step:
         keep.append(line if line.endswith("\n") else line + "\n")
-  workdir.write_text(path, "".join(keep))
+  _files.write_text(path, "".join(keep))
 
 
 class MetricSums:
