@@ -123,6 +123,36 @@ def _class_similarity(method, teacher) -> jax.Array | None:
                                                              float(method.sim_temperature))
 
 
+def _best_checkpoint_test(checkpointer, best_step, eval_fn, abstract_variables, loader,
+                          mesh) -> dict | None:
+  """Test metrics of the best-validation checkpoint (None without a validation slice)."""
+  if best_step is None:
+    return None
+  best = checkpointer.restore(best_step, dict(variables=abstract_variables))
+  return evaluate.evaluate(eval_fn, best["variables"], loader, mesh)
+
+
+def _summary(config, data, fingerprint, state, meta, test, best_test, teacher, cache,
+             **measured) -> dict:
+  """summary.json of a finished stage: what was trained on what, the final model's test
+  metrics, the best-validation checkpoint's (labelled), and `measured` (steps, timings)."""
+  info = data.info
+  return dict(
+      stage=config.stage, config=config.get("name", ""), dataset=info.name,
+      data=splits.record(config.dataset, data), num_classes=info.num_classes,
+      input_shape=list(info.input_shape), model=config.model, method=config.method.name,
+      seed=int(config.seed), num_epochs=config.num_epochs, **measured,
+      params=state_lib.param_count(state.params), test_accuracy=test["accuracy"],
+      test_top5=test["top5"], test_loss=test["loss"], ece=test["ece"], test_metrics=test,
+      best_val_accuracy=meta["best_val_accuracy"], best_val_step=meta["best_val_step"],
+      best_val_checkpoint_test_accuracy=best_test and best_test["accuracy"],
+      teacher=teacher and teacher.source,
+      teacher_test_accuracy=teacher and teacher.test_accuracy,
+      teacher_cache=cache and dict(key=cache.key, **cache_lib.format_fields(config)),
+      compute_dtype=config.compute_dtype, selection=meta["selection"] or None,
+      fingerprint=fingerprint)
+
+
 def train(config, workdir: str, *, teacher=None, data: splits.Data | None = None,
           mesh=None) -> Trained:
   """Trains (or resumes, or skips when finished) the model of stage config `config`.
@@ -280,27 +310,13 @@ def train(config, workdir: str, *, teacher=None, data: splits.Data | None = None
     # The final model's test metrics, and the best-validation checkpoint's (labelled).
     test = evaluate.evaluate(eval_fn, state.variables, test_loader, mesh)
     writer.write_scalars(step, dict(test, epoch=config.num_epochs), "final_test")
-    best_test = None
-    if meta["best_val_step"] is not None:
-      best = checkpointer.restore(meta["best_val_step"],
-                                  dict(variables=ckpt_lib.abstract(state.variables)))
-      best_test = evaluate.evaluate(eval_fn, best["variables"], test_loader, mesh)
-    summary = dict(
-        stage=stage, config=config.get("name", ""), dataset=info.name,
-        data=splits.record(config.dataset, data),
-        num_classes=info.num_classes, input_shape=list(info.input_shape), model=config.model,
-        method=method.name, seed=int(config.seed), num_epochs=config.num_epochs, steps=step,
-        params=state_lib.param_count(state.params), test_accuracy=test["accuracy"],
-        test_top5=test["top5"], test_loss=test["loss"], ece=test["ece"], test_metrics=test,
-        best_val_accuracy=meta["best_val_accuracy"], best_val_step=meta["best_val_step"],
-        best_val_checkpoint_test_accuracy=best_test and best_test["accuracy"],
-        train_seconds=position.train_seconds, images_per_second=clock.images_per_second(step),
-        train_step_compilations=train_step._cache_size(),  # pylint: disable=protected-access
-        teacher=teacher and teacher.source,
-        teacher_test_accuracy=teacher and teacher.test_accuracy,
-        teacher_cache=cache and dict(key=cache.key, **cache_lib.format_fields(config)),
-        compute_dtype=config.compute_dtype,
-        selection=meta["selection"] or None, fingerprint=fingerprint)
+    best_test = _best_checkpoint_test(checkpointer, meta["best_val_step"], eval_fn,
+                                      ckpt_lib.abstract(state.variables), test_loader, mesh)
+    compilations = train_step._cache_size()  # pylint: disable=protected-access
+    summary = _summary(config, data, fingerprint, state, meta, test, best_test,
+                       teacher, cache, steps=step, train_seconds=position.train_seconds,
+                       images_per_second=clock.images_per_second(step),
+                       train_step_compilations=compilations)
     writer.close()
     checkpointer.close()
     workdir_lib.write_json(summary_path, summary)
