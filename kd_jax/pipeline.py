@@ -1,7 +1,7 @@
 """The stages a config asks for, each one call of `kd_jax.train.train` in its own directory.
 
-A config file (configs/common.py) describes a teacher and a student; `run` trains the teacher
-(`workdir/teacher/`) unless the student needs none or `teacher.checkpoint` names one, then
+A config file (defaults: kd_jax/config_defaults.py) describes a teacher and a student; `run`
+trains the teacher (`workdir/teacher/`) unless the student needs none or `teacher.checkpoint` names one, then
 the student (`workdir/student/`), or hands over to the generations fold
 (`kd_jax.generations`). The `precompute` stage (`stages="teacher,precompute"` or
 `"precompute"`) trains no student: it fills the teacher-output cache (`teacher_cache.dir`)

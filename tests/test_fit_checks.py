@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import trainer_util
 
-from configs import common, digits, mnist1d
-from kd_jax import pipeline
+from configs import digits, mnist1d
+from kd_jax import config_defaults, pipeline
 from kd_jax.models import registry, torch_import
 from kd_jax.train import checkpoint as ckpt_lib
 from kd_jax.train import loop, parallel, teacher_cache
@@ -50,7 +50,7 @@ def _one_error_line(result) -> str:
 ])
 def test_a_model_that_does_not_fit_the_data_is_refused_by_prepare(get_config, field, model,
                                                                    expected):
-  config = common.set_fields(get_config(), {field: model})
+  config = config_defaults.set_fields(get_config(), {field: model})
   with pytest.raises(ValueError) as error:
     pipeline.prepare(config)
   message = str(error.value)

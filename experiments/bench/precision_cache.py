@@ -38,7 +38,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from kd_jax import methods, models, pipeline
+from kd_jax import config_defaults, methods, models, pipeline
 from kd_jax.train import parallel, row_store
 from kd_jax.train import state as state_lib
 from kd_jax.train import step as step_lib
@@ -59,7 +59,7 @@ def load_config(path, seed, epochs, **fields):
   module = os.path.splitext(os.path.relpath(path))[0].replace(os.sep, ".")
   config = importlib.import_module(module).get_config()
   config.seed, config.num_epochs = seed, epochs
-  return importlib.import_module("configs.common").set_fields(
+  return config_defaults.set_fields(
       config, {k.replace("__", "."): v for k, v in fields.items()})
 
 

@@ -11,7 +11,7 @@ split selects nothing).
       --variants=ce,kd --out=experiments/results/papers/mnist1d_kd
 
 A bare variant label trains `--config=CONFIG:method=label`; `--variant LABEL=ARG` (repeatable)
-defines a label by a config argument (configs/common.py VARIANT_KEYS), e.g.
+defines a label by a config argument (kd_jax/config_defaults.py VARIANT_KEYS), e.g.
 `--variant lr_ds_random=method=lr_ds,criterion=random`. A label may also carry `--config.`
 fields for what VARIANT_KEYS does not cover, `label:key=value;...` (the method name defaults
 to the label; results/papers/*_lr_ds were made this way). Runs that finished are skipped on

@@ -48,7 +48,7 @@ from in_process import (
 )
 from report import fmt, mean_std
 
-from configs import common
+from kd_jax import config_defaults
 from kd_jax.train import teacher as teacher_lib
 
 TEACHER_MODEL, STUDENT_MODEL = "mlp_large", "mlp_small"
@@ -123,7 +123,7 @@ def grid_label(criterion, ratio):
 def student_config(args, seed, teacher_dir, method, selection):
   c = base_config(args, seed)
   c.stages = "student"
-  c.teacher = common.teacher(TEACHER_MODEL, "ce", checkpoint=teacher_dir)
+  c.teacher = config_defaults.teacher(TEACHER_MODEL, "ce", checkpoint=teacher_dir)
   c.student.method.name = method
   c.student.method.dkd_warmup_epochs = args.dkd_warmup
   for key, value in selection.items():

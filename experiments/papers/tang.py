@@ -58,8 +58,7 @@ from in_process import softmax as _softmax
 from report import fmt, mean_std
 from scipy import stats as scipy_stats
 
-from configs import common
-from kd_jax import losses, models, pipeline, targets
+from kd_jax import config_defaults, losses, models, pipeline, targets
 from kd_jax.data.synthetic import superclass_of
 from kd_jax.train import loop
 from kd_jax.train import state as state_lib
@@ -96,7 +95,7 @@ def base_config(args, correlation, seed):
 def teacher_config(args, correlation, seed, method):
   c = base_config(args, correlation, seed)
   c.stages = "teacher"
-  c.teacher = common.teacher(TEACHER_MODEL, **method)
+  c.teacher = config_defaults.teacher(TEACHER_MODEL, **method)
   c.teacher.num_epochs = args.teacher_epochs
   return c
 
@@ -133,9 +132,9 @@ def student_methods(eps, tau, ks, fixed_eps=0.0):
 def student_config(args, correlation, seed, teacher_dir, method):
   c = base_config(args, correlation, seed)
   c.stages = "student"
-  c.teacher = common.teacher(TEACHER_MODEL, "ce", checkpoint=teacher_dir)
+  c.teacher = config_defaults.teacher(TEACHER_MODEL, "ce", checkpoint=teacher_dir)
   overrides = dict(method)
-  c.student = common.student(STUDENT_MODEL, overrides.pop("name"), **overrides)
+  c.student = config_defaults.student(STUDENT_MODEL, overrides.pop("name"), **overrides)
   return c
 
 

@@ -44,7 +44,8 @@ import report
 from in_process import pyplot, run_args, start
 from report import fmt, mean_std
 
-from configs import common, mnist1d_generations, synthetic_generations
+from configs import mnist1d_generations, synthetic_generations
+from kd_jax import config_defaults
 
 CONFIGS = {"synthetic": ("configs/synthetic_generations.py", synthetic_generations),
            "mnist1d": ("configs/mnist1d_generations.py", mnist1d_generations)}
@@ -248,7 +249,7 @@ def main():
         chain_dir = os.path.join(workdir, schedule, patriarch, f"seed{seed}")
         if schedule != "constant":
           share_patriarch(os.path.join(workdir, "constant", patriarch, f"seed{seed}"), chain_dir)
-        config = common.set_fields(config_module.get_config(), fields)
+        config = config_defaults.set_fields(config_module.get_config(), fields)
         summary, sec, data = runner.run(config, chain_dir)
         summaries.setdefault(schedule, {}).setdefault(patriarch, []).append(summary)
         trained = range(1 if schedule != "constant" else 0, num)  # patriarch counted once

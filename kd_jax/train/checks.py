@@ -58,7 +58,7 @@ def _finite(field, value, allowed, ok) -> None:
 
 
 def check_stage(config, data) -> None:
-  """Checks a stage config (see configs/common.py) against its data (`splits.Data`)."""
+  """Checks a stage config (see kd_jax/config_defaults.py) against its data (`splits.Data`)."""
   info = data.info
   devices = jax.device_count()
   for field in ("batch_size", "eval_batch_size"):
@@ -189,7 +189,7 @@ def _fitting(num_classes: int, input_shape: tuple, shown: int = 5) -> str:
 
 
 def check_performance(config, num_classes: int) -> None:
-  """`compute_dtype` and the `teacher_cache` block (configs/common.py)."""
+  """`compute_dtype` and the `teacher_cache` block (kd_jax/config_defaults.py)."""
   dtypes = tuple(state_lib.COMPUTE_DTYPES)
   if config.compute_dtype not in dtypes:
     fail("compute_dtype", config.compute_dtype, f"must be one of {dtypes}")
