@@ -1,14 +1,14 @@
 """The stages a config asks for, each one call of `kd_jax.train.train` in its own directory.
 
-A config file (defaults: kd_jax/config_defaults.py) describes a teacher and a student; `run`
-trains the teacher (`workdir/teacher/`) unless the student needs none or `teacher.checkpoint` names one, then
-the student (`workdir/student/`), or hands over to the generations fold
-(`kd_jax.generations`). The `precompute` stage (`stages="teacher,precompute"` or
-`"precompute"`) trains no student: it fills the teacher-output cache (`teacher_cache.dir`)
+A config file (defaults: kd_jax/config_defaults.py) describes a teacher and a student;
+`run` trains the teacher (`workdir/teacher/`) unless the student needs none or
+`teacher.checkpoint` names one, then the student (`workdir/student/`), or hands over to the
+generations fold (`kd_jax.generations`). The `precompute` stage (`stages="teacher,precompute"`
+or `"precompute"`) trains no student: it fills the teacher-output cache (`teacher_cache.dir`)
 for the student's runs, so a sweep's methods all read it (kd_jax/train/teacher_cache.py). A
 teacher the same process just trained is handed over in memory; one from an earlier process
-is read from its final checkpoint. Every stage resumes or skips
-on its own, so rerunning a command after a kill or after it finished is safe.
+is read from its final checkpoint. Every stage resumes or skips on its own, so rerunning a
+command after a kill or after it finished is safe.
 
 Before anything trains, `prepare` checks the whole config: every stage's model fits the
 data, and a loaded teacher fits it too (`kd_jax.train.checks`). A workdir holds one kind of
