@@ -296,6 +296,9 @@ def test_bad_dtype_format_or_cache_dir_names_the_field(tmp_path):
     check(_with(config, compute_dtype="float16"))
   with pytest.raises(ValueError, match=r"teacher_cache.format='int8' is not allowed"):
     check(_with(config, teacher_cache__format="int8"))
+  with pytest.raises(ValueError, match=r"^precision='fp8' is not allowed: must be one of None, "
+                                       r"'default', 'high', 'highest'"):
+    check(_with(config, precision="fp8"))
   blocker = tmp_path / "a_file"
   blocker.write_text("")
   with pytest.raises(ValueError, match=r"teacher_cache.dir='.*a_file/cache' is not allowed: "

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kd_jax import selection
+from kd_jax import _influence, selection
 
 
 def _timed(fn, *args, **kwargs):
@@ -108,13 +108,13 @@ def main():
   print("\ninfluence_scores end to end (first call includes jit compilation):")
   vectors, solves = {}, {}
   hvp_calls = [0]
-  hvp = selection.hessian_vector_product
+  hvp = _influence.hessian_vector_product  # what influence_vector's CG calls per iteration
 
   def counted_hvp(*hvp_args, **hvp_kwargs):  # counts CG iterations
     hvp_calls[0] += 1
     return hvp(*hvp_args, **hvp_kwargs)
 
-  selection.hessian_vector_product = counted_hvp
+  _influence.hessian_vector_product = counted_hvp
   for hessian in selection.HESSIANS:
     _, first = _timed(selection.influence_scores, *problem, l2=args.l2, hessian=hessian,
                       chunk_size=args.chunk_size)

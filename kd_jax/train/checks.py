@@ -197,6 +197,10 @@ def check_performance(config, num_classes: int) -> None:
       models.create(config.model, num_classes), "dtype"):
     fail("compute_dtype", config.compute_dtype, f"{config.stage}.model={config.model!r} has no "
          "dtype field; use 'float32'")
+  precision = config.get("precision")
+  if precision not in state_lib.PRECISIONS:
+    fail("precision", precision, f"must be one of {', '.join(map(repr, state_lib.PRECISIONS))} "
+         "(None: the backend's default)")
   cache = config.teacher_cache
   formats = tuple(teacher_cache.FORMATS)
   if cache.format not in formats:
