@@ -36,13 +36,15 @@ def test_sizes_and_class_types():
     cf.row_spec("top5", 10, 5)
 
 
-def test_topk_keeps_the_top_k_and_the_label_exactly_and_spreads_the_rest_evenly():
+@pytest.mark.parametrize("temperature", [1.0, 4.0])
+def test_topk_keeps_the_top_k_and_the_label_exactly_and_spreads_the_rest_evenly(temperature):
+  """At the temperature the rows were written at (the method's), as KD-topk's target."""
   logits, labels = _teacher()
   k = 4
-  rows = cf.pack("topk", logits, labels, k=k)
+  rows = cf.pack("topk", logits, labels, k=k, temperature=temperature)
   assert rows["values"].dtype == jnp.float16 and rows["classes"].dtype == jnp.uint8
-  dense = np.asarray(cf.unpack("topk", rows, labels, 20))
-  p, q = _softmax(logits), _softmax(dense)
+  dense = np.asarray(cf.unpack("topk", rows, labels, 20, temperature=temperature))
+  p, q = _softmax(logits, temperature), _softmax(dense, temperature)
   np.testing.assert_allclose(q.sum(-1), 1.0, atol=1e-6)
   for i in range(len(labels)):
     kept = set(np.argsort(-np.asarray(logits[i]))[:k]) | {int(labels[i])}
@@ -57,10 +59,12 @@ def test_topk_keeps_the_top_k_and_the_label_exactly_and_spreads_the_rest_evenly(
     np.testing.assert_allclose(q[i, rest], q[i, rest[0]], rtol=1e-5)  # evenly spread
 
 
-def test_topk_with_k_equal_to_c_gives_the_full_logits():
+@pytest.mark.parametrize("temperature", [1.0, 4.0])
+def test_topk_with_k_equal_to_c_gives_the_full_logits(temperature):
   logits, labels = _teacher(num_classes=12)
-  dense = cf.unpack("topk", cf.pack("topk", logits, labels, k=12), labels, 12)
-  # float16 log-probabilities plus the float32 lse: 2^-11 of |z - lse| (< 16 here)
+  rows = cf.pack("topk", logits, labels, k=12, temperature=temperature)
+  dense = cf.unpack("topk", rows, labels, 12, temperature=temperature)
+  # T (float16 log-probabilities at T plus the float32 lse): T 2^-11 |z / T - lse| (< 16 here)
   np.testing.assert_allclose(dense, logits, rtol=0, atol=16 * 2.0**-11)
   np.testing.assert_allclose(cf.unpack("float32", cf.pack("float32", logits, labels), labels,
                                        12), logits)
@@ -78,7 +82,9 @@ def test_every_method_reads_the_same_target_from_a_full_topk_row(name):
   similarity = jnp.full((10, 10), 1 / 9) * (1 - jnp.eye(10))
   live = methods.per_example_losses(config, student, labels, logits, epoch=100.0,
                                     class_similarity=similarity)["loss"]
-  dense = cf.unpack("topk", cf.pack("topk", logits, labels, k=10), labels, 10)
+  t = methods.teacher_temperature(config)  # the trainer writes and reads the rows at it
+  dense = cf.unpack("topk", cf.pack("topk", logits, labels, k=10, temperature=t), labels, 10,
+                    temperature=t)
   cached = methods.per_example_losses(config, student, labels, dense, epoch=100.0,
                                       class_similarity=similarity)["loss"]
   np.testing.assert_allclose(cached, live, rtol=5e-3, atol=5e-4)

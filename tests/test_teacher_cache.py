@@ -103,7 +103,7 @@ def test_float16_cache_is_close_and_recorded_in_the_fingerprint(tiny, live, tmp_
 
 def _cache(tmp_path, fields=None, calls=None, fmt="float16"):
   """A TeacherCache of 6 examples x 3 classes whose 'teacher' is a fixed array."""
-  fields = fields or dict(version=2, augmentation=None, format=fmt, num_examples=6,
+  fields = fields or dict(version=teacher_cache._VERSION, augmentation=None, format=fmt, num_examples=6,
                           num_classes=3, teacher={"variables_crc32": "0"}, k=2)
   logits = np.arange(18, dtype=np.float32).reshape(6, 3) / 7
   keys = jax.random.split(jax.random.key(0), 6)
@@ -396,9 +396,11 @@ def test_sparse_formats_stream_their_rows_with_the_batch_and_train(fmt, k, tiny,
                       "cached_lse": ((batch,), "float32")}
   else:
     assert fields == {"cached_classes": ((batch, k), "uint8")}
-    assert temperature == stage.method.temperature  # kd's T: the draws are at it
+  assert temperature == stage.method.temperature  # kd's T: the rows are written and read at it
   fingerprint = summary["fingerprint"]
-  assert (fingerprint["teacher.cache_format"], fingerprint["teacher.cache_k"]) == (fmt, k)
+  assert (fingerprint["teacher.cache_format"], fingerprint["teacher.cache_k"],
+          fingerprint["teacher.cache_temperature"]) == (fmt, k, stage.method.temperature)
+  assert summary["teacher_cache"]["temperature"] == stage.method.temperature
   assert summary["teacher_cache"]["k"] == k and np.isfinite(summary["test_loss"])
   if (fmt, k) == ("topk", 10):
     np.testing.assert_allclose(summary["test_loss"], live["test_loss"], rtol=1e-3)

@@ -8,13 +8,14 @@ packed rows only).
 
   float32  `logits [C]`: the forward's output; `unpack` is exact.
   float16  `logits [C]` rounded to float16 (relative error <= 2^-11 per logit).
-  topk     the k largest logits as log-probabilities `values [k] = z_c - lse` (float16) with
-           `classes [k]` their classes (the smallest unsigned integer type that holds C),
-           the label's log-probability `label_value` (float32) and `lse = logsumexp(z)`
-           (float32, so the logits themselves come back: `z_c = value + lse`). So at T = 1
-           the probabilities of the k classes and of the label are exact (a log-probability
-           near 0 keeps float16's 2^-11 relative precision, a large logit would not) and so
-           is the mass of all other classes, `1 - sum of those`.
+  topk     at the temperature `T_s` the method reads its teacher at (`methods.
+           teacher_temperature`): the k largest tempered log-probabilities `values [k] =
+           z_c / T_s - lse` (float16) with `classes [k]` their classes (the smallest unsigned
+           integer type that holds C), the label's `label_value` (float32) and `lse =
+           logsumexp(z / T_s)` (float32, so the logits themselves come back: `z_c = T_s
+           (value + lse)`). So at `T_s` the probabilities of the k classes and of the label
+           are exact (a log-probability near 0 keeps float16's 2^-11 relative precision, a
+           large logit would not) and so is the mass of all other classes, `1 - sum of those`.
   sampled  `classes [k]`: k classes drawn with replacement from the teacher's distribution
            at the method's temperature, `q = p(z, T_s)` (sorted; the same integer type). The
            counts give the unbiased estimate `q_hat_c = count_c / k` of `q`
@@ -24,16 +25,18 @@ packed rows only).
 
 The teacher logits `unpack` gives, and so the target each method trains toward:
   topk     the k classes and the label keep their logits; each of the `m` other classes gets
-           the logit `r` with `m exp(r - lse) = 1 - (their exact mass)`: the remaining mass
-           spread evenly over them, as KD-topk spreads it. At T = 1 every method then reads
-           the teacher's exact probabilities of the top k and of the label and the exact
-           remaining mass: `kd`, `lr` (beta needs max_c q_c and q_y, both exact), `kd_pt`
-           (q_y), `dkd` (the target/non-target split q_y vs 1 - q_y is exact; the non-target
-           distribution keeps its top k and spreads the rest) and `kd_topk` with the cache's
-           k >= the method's k (the same target as the full logits). At T != 1 the k classes
-           keep their relative odds and the rest is spread evenly at T = 1 before tempering,
-           which gives the rest more mass at T > 1 than the full row would (the tempered
-           mean of equal logits is the largest for a fixed total).
+           the logit `r` with `m exp(r / T_s - lse) = 1 - (their exact mass at T_s)`: the
+           remaining mass spread evenly over them at the temperature the method reads, as
+           KD-topk spreads it. Every method then reads the teacher's exact probabilities (at
+           `T_s`) of the top k and of the label and the exact remaining mass: `kd`, `lr` (beta
+           needs max_c q_c and q_y, both exact), `kd_pt` (q_y), `dkd` (the target/non-target
+           split q_y vs 1 - q_y is exact; the non-target distribution keeps its top k and
+           spreads the rest) and `kd_topk` with the cache's k >= the method's k (the same
+           target as the full logits). Read at another temperature (label revision's
+           `revision_temperature`), the rest's mass is no longer exact. The rows depend on
+           `T_s`: it is part of the cache's key. (Spreading the rest at T = 1 and tempering
+           afterwards, as an earlier version did, gives the rest far more mass at T = 4 than
+           the full row has: experiments/results/papers/cache_formats.)
   sampled  `T_s log q_hat` (-inf where a class was never drawn), so `p(., T_s) = q_hat`: a
            method that reads the teacher at `T_s` trains toward the estimate. Its gradient is
            unbiased where the target is linear in q: `kd` (`T (p_s - q_hat)`), `kd_pt`,
@@ -82,8 +85,9 @@ def pack(fmt: str, logits: jax.Array, labels: jax.Array, *, k: int = 0,
          temperature: float = 1.0, keys: jax.Array | None = None) -> dict:
   """The rows of `fmt` for float32 teacher logits `[B, C]` and labels `[B]` (jittable).
 
-  `k`: the kept classes (topk) or draws (sampled). `temperature` and `keys` (one PRNG key per
-  example, `[B]`) are read by `sampled` only.
+  `k`: the kept classes (topk) or draws (sampled). `temperature`: `T_s`, the one the method
+  reads its teacher at (the sparse formats). `keys` (one PRNG key per example, `[B]`): the
+  draws of `sampled`.
   """
   spec = row_spec(fmt, logits.shape[-1], k)
   logits = logits.astype(jnp.float32)
@@ -93,8 +97,8 @@ def pack(fmt: str, logits: jax.Array, labels: jax.Array, *, k: int = 0,
     draw = lambda key, z: jax.random.categorical(key, z / temperature, shape=(k,))
     classes = jnp.sort(jax.vmap(draw)(keys, logits), axis=-1)
     return {"classes": classes.astype(spec["classes"][1])}
-  lse = jax.nn.logsumexp(logits, axis=-1)
-  log_probs = logits - lse[:, None]
+  lse = jax.nn.logsumexp(logits / temperature, axis=-1)
+  log_probs = logits / temperature - lse[:, None]
   values, classes = jax.lax.top_k(log_probs, k)
   return {"values": values.astype(jnp.float16), "classes": classes.astype(spec["classes"][1]),
           "label_value": jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0],
@@ -105,7 +109,7 @@ def unpack(fmt: str, rows: dict, labels: jax.Array, num_classes: int, *,
            temperature: float = 1.0) -> jax.Array:
   """float32 teacher logits `[B, C]` from the rows of `fmt` (see the module docstring).
 
-  `temperature` is `T_s`, the temperature the sampled draws were made at (sampled only).
+  `temperature` is `T_s`, the one the sparse rows were written at (`pack`).
   """
   if fmt in DENSE_FORMATS:
     return rows["logits"].astype(jnp.float32)
@@ -130,4 +134,4 @@ def unpack(fmt: str, rows: dict, labels: jax.Array, num_classes: int, *,
                          jnp.log(rest_mass) - jnp.log(jnp.maximum(num_rest, 1)), -jnp.inf)
   dense = jnp.broadcast_to(rest_value[:, None], (classes.shape[0], num_classes))
   dense = jnp.where(is_label, label_value[:, None], dense).at[batch, classes].set(values)
-  return dense + rows["lse"].astype(jnp.float32)[:, None]
+  return temperature * (dense + rows["lse"].astype(jnp.float32)[:, None])

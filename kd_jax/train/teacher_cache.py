@@ -27,7 +27,7 @@ variables), the dataset (name, generation seed, options, holdout size and seed: 
 which example index i names; not `data_dir`), the augmentation family, the data-order seed
 (with augmentation, and for sampled draws: without augmentation a view depends on neither
 the epoch nor the order), the global batch size and the compute dtype (the forward's
-numerics), the format with its k (and the draws' temperature), N and C; for the exact float32
+numerics), the format with its k and temperature (sparse formats), N and C; for the exact float32
 format also the backend and device count. A changed field is another key, hence another
 directory: never a silent reuse.
 
@@ -69,7 +69,7 @@ from kd_jax.train import cache_formats, parallel, row_store, workdir
 FORMATS = cache_formats.FORMATS
 EXACT_FORMAT = "float32"  # the only format whose cached logits equal the live ones bit for bit
 FIELD_PREFIX = "cached_"  # the batch fields of the cached rows: cached_logits, cached_values...
-_VERSION = 2  # bump when the file layout or key fields change
+_VERSION = 3  # bump when the file layout or key fields change
 _FETCH_EVERY = 16  # batches dispatched before one device-to-host fetch (bounds device memory)
 
 
@@ -90,23 +90,23 @@ def enabled(config, teacher) -> bool:
       config.method.name)
 
 
-def sample_temperature(config) -> float | None:
-  """The temperature the `sampled` format draws at: the one the method reads its teacher at
-  (`methods.teacher_temperature`); None for the other formats."""
-  if config.teacher_cache.format != "sampled":
+def format_temperature(config) -> float | None:
+  """The temperature a sparse format is written at (`topk`'s log-probabilities, `sampled`'s
+  draws): the one the method reads its teacher at (`methods.teacher_temperature`); None for
+  the dense formats."""
+  if config.teacher_cache.format not in cache_formats.SPARSE_FORMATS:
     return None
   return float(methods.teacher_temperature(config.method))
 
 
 def format_fields(config) -> dict:
-  """The cache settings a run's result depends on: the format, its k, the draws'
+  """The cache settings a run's result depends on: the format, and a sparse format's k and
   temperature."""
   fmt = config.teacher_cache.format
   fields = dict(format=fmt)
   if fmt in cache_formats.SPARSE_FORMATS:
     fields["k"] = int(config.teacher_cache.k)
-  if fmt == "sampled":
-    fields["temperature"] = sample_temperature(config)
+    fields["temperature"] = format_temperature(config)
   return fields
 
 
