@@ -86,6 +86,15 @@ class Runner:
     self.log_path = log_path
     self.trained = self.skipped = 0
     self.mesh = parallel.make_mesh()
+    self.started = time.time()
+
+  def record_time(self, out, **extra):
+    """Appends this invocation's wall time and run counts (and `extra`) to OUT/timing.json;
+    -> every invocation's entry (see `append_timing`)."""
+    return append_timing(out, dict(
+        started=time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(self.started)) + " UTC",
+        wall_seconds=round(time.time() - self.started, 1), runs_trained=self.trained,
+        runs_skipped=self.skipped, **extra))
 
   def run(self, config, workdir):
     """-> (summary dict, seconds, the prepared data)."""

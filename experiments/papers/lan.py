@@ -33,13 +33,11 @@ skipped on rerun, so an interrupted command continues.
 """
 
 import os
-import time
 
 import numpy as np
 import report
 from in_process import (
   add_synthetic_args,
-  append_timing,
   logits_on,
   pyplot,
   run_args,
@@ -278,7 +276,6 @@ def main():
   if args.report_only:
     report.write(args.out, markdown)
     return
-  start_wall = time.time()
   seeds = [int(s) for s in args.seeds.split(",")]
   levels = [int(e) for e in args.teacher_epochs.split(",")]
   ratios = [float(r) for r in args.ratios.split(",")]
@@ -320,12 +317,9 @@ def main():
   claim_rows = claims(table, levels, errors, args.main_ratio)
   plot_methods(table, levels, errors, os.path.join(args.out, "accuracy_vs_teacher_error.png"))
   plot_grid(table, levels, errors, ratios, args.main_ratio, os.path.join(args.out, "selection_grid.png"))
-  wall = time.time() - start_wall
 
-  timing = append_timing(args.out, dict(
-      started=time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(start_wall)) + " UTC",
-      wall_seconds=round(wall, 1), runs_trained=runner.trained, runs_skipped=runner.skipped,
-      median_run_seconds=round(float(np.median(list(seconds.values()))), 1)))
+  timing = runner.record_time(
+      args.out, median_run_seconds=round(float(np.median(list(seconds.values()))), 1))
 
   scale = dict(classes=args.classes, superclasses=args.superclasses,
                correlation=args.correlation, dim=args.dim, noise=args.noise,
@@ -342,7 +336,7 @@ def main():
                  tables={str(lv): t for lv, t in table.items()},
                  claims=[dict(claim=a, verdict=b, numbers=n) for a, b, n in claim_rows])
   report.save(args.out, results, markdown)
-  print(f"lan: done in {wall:.0f} s ({runner.trained} runs trained, {runner.skipped} skipped)"
+  print(f"lan: done in {timing[-1]['wall_seconds']:.0f} s ({runner.trained} runs trained, {runner.skipped} skipped)"
         f"; {os.path.join(args.out, 'results.md')}", flush=True)
 
 

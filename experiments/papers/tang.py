@@ -39,7 +39,6 @@ CE student. Writes OUT/results.json, OUT/results.md, OUT/*.png; the runs go to O
 """
 
 import os
-import time
 
 import jax
 import jax.numpy as jnp
@@ -47,7 +46,6 @@ import numpy as np
 import report
 from in_process import (
   add_synthetic_args,
-  append_timing,
   logits_on,
   pyplot,
   run_args,
@@ -435,7 +433,6 @@ def main():
   if args.report_only:
     report.write(args.out, markdown)
     return
-  start_wall = time.time()
   seeds = [int(s) for s in args.seeds.split(",")]
   correlations = [float(c) for c in args.correlations.split(",")]
   sweep_correlations = [float(c) for c in args.topk_sweep_correlations.split(",") if c]
@@ -531,12 +528,9 @@ def main():
   if sweep_correlations:
     plot_topk(tables, sweep_correlations, sweep_ks, os.path.join(args.out, "topk_sweep.png"))
   claim_rows = claims(tables, correlations, main_k, failure)
-  wall = time.time() - start_wall
 
   # Timing: every invocation appends one line; the run time is the invocation that trained.
-  timing = append_timing(args.out, dict(
-      started=time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(start_wall)),
-      wall_seconds=round(wall, 1), runs_trained=runner.trained, runs_skipped=runner.skipped))
+  timing = runner.record_time(args.out)
 
   scale = dict(classes=args.classes, superclasses=args.superclasses, dim=args.dim,
                noise=args.noise, separation=1.0, train_examples=args.train - args.holdout,
@@ -553,7 +547,7 @@ def main():
                  failure_case=failure, gradient_rescaling=grad_summary,
                  claims=[dict(claim=a, verdict=b, numbers=n) for a, b, n in claim_rows])
   report.save(args.out, results, markdown)
-  print(f"tang: done in {wall:.0f} s ({runner.trained} runs trained, {runner.skipped} skipped)"
+  print(f"tang: done in {timing[-1]['wall_seconds']:.0f} s ({runner.trained} runs trained, {runner.skipped} skipped)"
         f"; {os.path.join(args.out, 'results.md')}", flush=True)
 
 
