@@ -221,7 +221,9 @@ def main():
         test_examples=len(data.test), epochs=c.num_epochs, batch_size=c.batch_size,
         teacher=c.teacher.model, student=c.student.model, ks=list(DATASETS[dataset][1]),
         method_fields=dict(temperature=student.temperature, ce_weight=student.ce_weight,
-                           kd_weight=student.kd_weight),
+                           kd_weight=student.kd_weight,
+                           dkd_beta=student_config(args, dataset, seeds[0], "", "", "dkd",
+                                                   (None, 0)).student.method.dkd_beta),
         correlation=CORRELATION if dataset == "synthetic" else None)
     tables[dataset] = {"teacher": entry(teachers[dataset])}
     for m in methods_run:
