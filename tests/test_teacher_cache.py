@@ -148,9 +148,11 @@ def test_corrupt_or_mismatched_tables_are_recomputed_never_used(fmt, tmp_path, c
   cache, _ = _cache(tmp_path, calls=calls, fmt=fmt)
   want = _by_index(cache)
   calls.clear()
+  # Without augmentation one table serves every epoch; sampled draws anew every epoch.
+  e = 0 if fmt == "sampled" else None
   _assert_rows_equal(_read(cache), want)
-  _assert_rows_equal(_read(cache, 5), want)  # no augmentation: one table for every epoch
-  assert calls == [None] and cache.read == [None]
+  _assert_rows_equal(_read(cache, 0 if fmt == "sampled" else 5), want)  # read, not computed
+  assert calls == [e] and cache.read == [e]
   path = pathlib.Path(cache.path(0))
   array = path / ("logits" if fmt == "float16" else "classes")
 
@@ -160,7 +162,7 @@ def test_corrupt_or_mismatched_tables_are_recomputed_never_used(fmt, tmp_path, c
   chunk.write_bytes(bytes(data))
   capsys.readouterr()
   _assert_rows_equal(_read(cache), want)
-  assert calls == [None, None] and "does not match its checksum" in capsys.readouterr().out
+  assert calls == [e, e] and "does not match its checksum" in capsys.readouterr().out
 
   # A table stored under another key (e.g. copied by hand) is not this key's table.
   other, _ = _cache(tmp_path, dict(cache.fields, teacher={"variables_crc32": "1"}))
@@ -168,9 +170,9 @@ def test_corrupt_or_mismatched_tables_are_recomputed_never_used(fmt, tmp_path, c
   shutil.rmtree(path)
   os.replace(other.path(0), path)
   _read(cache)
-  assert calls == [None, None, None] and "key do not match" in capsys.readouterr().out
+  assert calls == [e, e, e] and "key do not match" in capsys.readouterr().out
   _read(cache)  # and the recomputed one is read again
-  assert calls == [None, None, None]
+  assert calls == [e, e, e]
 
   (chunk,) = _chunk_files(array)
   chunk.write_bytes(b"")  # truncated to nothing
@@ -363,6 +365,27 @@ def test_a_rerun_takes_the_loaded_teachers_test_metrics_from_its_summary(tmp_pat
   again = pipeline.run(config, str(tmp_path / "student_run"))
   assert not calls and again["teacher"] == first["teacher"]
   assert again["teacher"]["test_accuracy"] == first["student"]["teacher_test_accuracy"]
+
+
+def test_sampled_rows_are_drawn_anew_every_epoch_and_read_again_by_a_rerun(tiny, tmp_path,
+                                                                           monkeypatch):
+  """Without augmentation too: one table per epoch, its draws from the epoch's keys, so over
+  the epochs the student sees the teacher's distribution, not one fixed draw per example."""
+  data, mesh, stage, teacher = tiny
+  stage = stage.copy_and_resolve_references()
+  stage.num_epochs = 2
+  stage.teacher_cache.update(dir=str(tmp_path / "cache"), format="sampled", k=4)
+  calls = _counting(monkeypatch)
+  loop.train(stage, str(tmp_path / "a"), teacher=teacher, data=data, mesh=mesh)
+  assert len(calls) == 2
+  (key,) = [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]
+  assert sorted(p.name for p in key.iterdir() if p.is_dir()) == ["epoch_0000", "epoch_0001"]
+  index = np.arange(len(data.train))
+  draws = [row_store.Table.open(str(key / f"epoch_{e:04d}"), {}, len(index)).rows(index)["classes"]
+           for e in (0, 1)]
+  assert np.mean(np.any(draws[0] != draws[1], axis=-1)) > 0.5
+  loop.train(stage, str(tmp_path / "b"), teacher=teacher, data=data, mesh=mesh)
+  assert len(calls) == 2  # the rerun reads both epochs' tables
 
 
 @pytest.mark.parametrize("fmt, k", [("topk", 10), ("topk", 3), ("sampled", 8)])

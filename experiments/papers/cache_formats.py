@@ -185,9 +185,9 @@ def main():
   workdir, runner, command = start("cache_formats", args)
   tables, teachers, scale, distances = {}, {}, {}, {}
   for dataset in args.datasets.split(","):
-    labels = formats(DATASETS[dataset][1])
+    caches = formats(DATASETS[dataset][1])
     if args.formats:
-      labels = {label: labels[label] for label in args.formats.split(",") if label in labels}
+      caches = {label: caches[label] for label in args.formats.split(",") if label in caches}
     runs, teachers[dataset] = {}, []
     for seed in seeds:
       seed_dir = os.path.join(workdir, dataset, f"seed{seed}")
@@ -200,12 +200,13 @@ def main():
         c = teacher_config(args, dataset, seed)
         teacher = teacher_lib.from_run(os.path.join(t_dir, "teacher"), c.teacher.model,
                                        data.info, runner.mesh)
-        logits, labels = logits_on(c.teacher.model, teacher.variables, data.train, runner.mesh)
+        logits, classes = logits_on(c.teacher.model, teacher.variables, data.train,
+                                    runner.mesh)
         distances[dataset] = target_distances(
-            logits, labels, DATASETS[dataset][1],
+            logits, classes, DATASETS[dataset][1],
             methods.teacher_temperature(c.student.method), seed)
       for method in methods_run:
-        for label, cache in labels.items():
+        for label, cache in caches.items():
           config = student_config(args, dataset, seed, os.path.join(t_dir, "teacher"),
                                   os.path.join(seed_dir, "teacher_cache"), method, cache)
           summary, sec, _ = runner.run(config, os.path.join(seed_dir, method, label))

@@ -21,7 +21,8 @@ packed rows only).
            counts give the unbiased estimate `q_hat_c = count_c / k` of `q`
            (Anshumann et al., "Sparse Logit Sampling", ACL 2025: sampling with importance
            weights 1/k from the teacher itself). Draws are a function of (data-order seed,
-           epoch, example index): a rerun reads the same ones.
+           epoch, example index): every epoch draws anew (the noise of k draws averages
+           over the epochs) and a rerun reads the same ones.
 
 The teacher logits `unpack` gives, and so the target each method trains toward:
   topk     the k classes and the label keep their logits; each of the `m` other classes gets

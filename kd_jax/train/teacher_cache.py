@@ -19,7 +19,8 @@ cache is bit-identical to one without, so its fingerprint does not change); "flo
 it (relative rounding error <= 2^-11 per logit); "topk" keeps `teacher_cache.k` log-
 probabilities, the label's and the log-sum-exp (48 bytes per example at k = 10 against
 4,000 for ImageNet's 1000 float32 logits); "sampled" keeps k classes drawn from the teacher's
-distribution at the method's temperature (20 bytes at k = 10; an unbiased target). A lossy
+distribution at the method's temperature, anew every epoch (20 bytes at k = 10; an unbiased
+target). A lossy
 format enters the run's fingerprint (`teacher.cache_format`).
 
 Key (`key_fields`, hashed by `cache_key`): the teacher's fingerprint (model + CRC32 of its
@@ -36,7 +37,7 @@ CRC32C per chunk, written atomically, its rows in the order the teacher computed
 
   <key>/key.json           the key's fields (for people; the key is their SHA-256)
   <key>/views/             no augmentation: one table for every epoch
-  <key>/epoch_<e>/         augmentation: epoch e's views
+  <key>/epoch_<e>/         augmentation: epoch e's views; sampled: epoch e's draws
 
 A table whose meta does not match its key, epoch and format, or whose chunks fail their
 checksums, is reported, removed and recomputed; two runs filling one cache at once only
@@ -69,7 +70,7 @@ from kd_jax.train import cache_formats, parallel, row_store, workdir
 FORMATS = cache_formats.FORMATS
 EXACT_FORMAT = "float32"  # the only format whose cached logits equal the live ones bit for bit
 FIELD_PREFIX = "cached_"  # the batch fields of the cached rows: cached_logits, cached_values...
-_VERSION = 3  # bump when the file layout or key fields change
+_VERSION = 4  # bump when the file layout or key fields change
 _FETCH_EVERY = 16  # batches dispatched before one device-to-host fetch (bounds device memory)
 
 
@@ -207,8 +208,10 @@ class TeacherCache:
 
   @property
   def per_epoch(self) -> bool:
-    """Whether views (hence logits) change every epoch: with augmentation."""
-    return self.fields["augmentation"] is not None
+    """Whether the rows change every epoch: with augmentation (new views), and for sampled
+    draws (new classes drawn every epoch, so over the epochs the noise of k draws averages
+    out instead of fixing one noisy target per example)."""
+    return self.fields["augmentation"] is not None or self.fields["format"] == "sampled"
 
   @property
   def row_fields(self) -> dict:
@@ -363,10 +366,12 @@ def open_cache(config, teacher, forward, loader, mesh, info) -> TeacherCache:
   def compute(epoch):
     # With augmentation: the epoch's own training batches (the views and the batch
     # composition the live step sees). Without: every example once, in batches of the
-    # training batch size (the last one padded), so the numerics match the live step's.
-    batches = plain_loader.epoch(epoch) if epoch is not None else static_loader.epoch(0)
+    # training batch size (the last one padded), so the numerics match the live step's;
+    # sampled draws still take the epoch's keys.
+    augmented = info.augmentation is not None
+    batches = plain_loader.epoch(epoch) if augmented else static_loader.epoch(0)
     rows, index, problem = compute_rows(jitted, teacher.variables, batches, mesh, epoch or 0)
-    where = f"epoch {epoch}'s views" if epoch is not None else "the training examples"
+    where = f"epoch {epoch}'s views" if augmented else "the training examples"
     if problem == "logits":
       raise TeacherLogitsNotFinite(teacher.source, f"{where} (nothing was cached)")
     if problem == "rows":
