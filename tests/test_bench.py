@@ -27,6 +27,7 @@ def _records(stdout: str) -> list[dict]:
   return [json.loads(line) for line in lines]
 
 
+@pytest.mark.slow  # about 70 s: seven benchmark scripts at --quick sizes
 def test_bench_scripts_quick():
   env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
   runs = {"losses.py": ("losses.py", "--device", "cpu"),

@@ -46,7 +46,12 @@ def test_every_code_cell_is_explained(path):
           f"code cell {index} has no markdown cell before it saying what it does")
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=NAMES)
+# The Colab notebook's small CPU run (prepare, a download, the CLI) takes about 50 s: slow.
+_RUNS = [pytest.param(path, id=name, marks=[pytest.mark.slow] if "colab" in name else [])
+         for path, name in zip(NOTEBOOKS, NAMES)]
+
+
+@pytest.mark.parametrize("path", _RUNS)
 def test_notebook_runs_top_to_bottom(path, monkeypatch):
   if os.environ.get("CI"):  # CI installs the notebooks extra: a missing one is an error
     import nbclient  # pylint: disable=g-import-not-at-top

@@ -166,6 +166,7 @@ def test_other_criteria_and_scored_models_run(tmp_path, criterion, model, target
     assert rounds[0]["teacher_wrong_share_selected"] <= rounds[0]["teacher_wrong_share"]
 
 
+@pytest.mark.slow  # about 30 s: ResNet8 selection rounds on the CIFAR-100 config
 def test_lr_ds_on_cifar100_config_with_mock_tfds(mock_tfds, tmp_path):
   config = config_files.shipped("cifar100")
   config.dataset.data_dir = mock_tfds
