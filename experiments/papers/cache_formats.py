@@ -180,7 +180,7 @@ def main():
   if args.report_only:
     report.write(args.out, markdown)
     return
-  seeds = [int(s) for s in args.seeds.split(",")]
+  seeds = args.seeds
   methods_run = args.methods.split(",")
   workdir, runner, command = start("cache_formats", args)
   tables, teachers, scale, distances = {}, {}, {}, {}

@@ -45,7 +45,8 @@ def run_args(doc):
   p = argparse.ArgumentParser(description=doc.splitlines()[0])
   p.add_argument("--out", required=True, help="results folder")
   p.add_argument("--workdir", default="", help="runs folder (default OUT/runs)")
-  p.add_argument("--seeds", default="0,1,2")
+  p.add_argument("--seeds", default="0,1,2", type=lambda text: [int(s) for s in text.split(",")],
+                 help="comma-separated run seeds")
   p.add_argument("--report_only", action="store_true",
                  help="rewrite OUT/results.md from OUT/results.json, train nothing")
   return p

@@ -276,7 +276,7 @@ def main():
   if args.report_only:
     report.write(args.out, markdown)
     return
-  seeds = [int(s) for s in args.seeds.split(",")]
+  seeds = args.seeds
   levels = [int(e) for e in args.teacher_epochs.split(",")]
   ratios = [float(r) for r in args.ratios.split(",")]
   workdir, runner, command = start("lan", args)

@@ -433,7 +433,7 @@ def main():
   if args.report_only:
     report.write(args.out, markdown)
     return
-  seeds = [int(s) for s in args.seeds.split(",")]
+  seeds = args.seeds
   correlations = [float(c) for c in args.correlations.split(",")]
   sweep_correlations = [float(c) for c in args.topk_sweep_correlations.split(",") if c]
   sweep_correlations = [c for c in sweep_correlations if c in correlations]

@@ -229,7 +229,7 @@ def main():
     return
   start_wall = time.time()
   config_path, config_module = CONFIGS[args.dataset]
-  seeds = [int(s) for s in args.seeds.split(",")]
+  seeds = args.seeds
   patriarchs = args.patriarchs.split(",")
   num = args.generations
   schedules = {"constant": (args.constant,) * (num - 1)}
