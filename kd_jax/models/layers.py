@@ -7,10 +7,11 @@ takes torch's arguments (kernel, stride, padding, bias, groups) and sets Flax's 
 Numerics. Every model has `dtype` (the compute dtype of activations and conv/matmul inputs;
 parameters stay float32) and `precision` (`precision=` of its convolutions and Dense layers:
 None, the backend's default, "high" or "highest"; see kd_jax/config_defaults.py). Whatever
-`dtype` is, sums that lose precision in bfloat16 are float32: average pooling sums in float32,
-and Dense layers accumulate their matmul and add their bias in float32 and return float32 (so
-logits are float32 and the bias gradient, a sum over the batch, accumulates in float32); the
-next layer casts its input to its own `dtype`.
+`dtype` is, sums that lose precision in bfloat16 are at least float32 (`_accumulation_dtype`:
+float32, or float64 for float64 inputs): average pooling sums in it, and Dense layers
+accumulate their matmul and add their bias in it and return it (so logits are float32 and the
+bias gradient, a sum over the batch, accumulates in float32); the next layer casts its input
+to its own `dtype`.
 
 Initialisation follows RepDistiller where it sets one: convolutions draw from
 N(0, 2 / fan_out) (`kaiming_normal_(mode="fan_out")`, equal to VGG/WRN's
@@ -58,10 +59,16 @@ def batch_norm(train: bool, name: str | None = None, dtype: Dtype = jnp.float32)
                       name=name, dtype=dtype)
 
 
+def _accumulation_dtype(*dtypes) -> jnp.dtype:
+  """float32 for 16-bit and float32 inputs, float64 for float64 ones (x64 mode)."""
+  return jnp.result_type(*dtypes, jnp.float32)
+
+
 def _dot_general_float32(lhs, rhs, dimension_numbers, precision=None, **kwargs):
-  """`lax.dot_general` accumulating into float32 whatever the inputs' dtype."""
+  """`lax.dot_general` accumulating into at least float32 whatever the inputs' dtype."""
   return lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
-                         preferred_element_type=jnp.float32, **kwargs)
+                         preferred_element_type=_accumulation_dtype(lhs.dtype, rhs.dtype),
+                         **kwargs)
 
 
 def _promote_inputs_only(inputs, kernel, bias, *, dtype=None, inexact=True):
@@ -92,18 +99,19 @@ def max_pool(x, kernel_size: int, stride: int | None = None, padding: int = 0):
 
 def avg_pool(x, kernel_size: int, stride: int | None = None, padding: int = 0):
   """torch.nn.AvgPool{1,2}d(kernel_size, stride, padding) (count_include_pad, floor of the
-  output size), summed in float32 and returned in x's dtype."""
+  output size), summed in at least float32 and returned in x's dtype."""
   dims = x.ndim - 2
   stride = kernel_size if stride is None else stride
-  out = nn.avg_pool(x.astype(jnp.float32), (kernel_size,) * dims, strides=(stride,) * dims,
+  out = nn.avg_pool(x.astype(_accumulation_dtype(x.dtype)), (kernel_size,) * dims, strides=(stride,) * dims,
                     padding=((padding, padding),) * dims, count_include_pad=True)
   return out.astype(x.dtype)
 
 
 def global_avg_pool(x):
   """torch.nn.AdaptiveAvgPool2d(1) followed by flatten: [B, H, W, C] -> [B, C], summed in
-  float32 and returned in x's dtype."""
-  return jnp.mean(x, axis=tuple(range(1, x.ndim - 1)), dtype=jnp.float32).astype(x.dtype)
+  at least float32 and returned in x's dtype."""
+  return jnp.mean(x, axis=tuple(range(1, x.ndim - 1)),
+                  dtype=_accumulation_dtype(x.dtype)).astype(x.dtype)
 
 
 def flatten(x):
