@@ -102,8 +102,9 @@ def avg_pool(x, kernel_size: int, stride: int | None = None, padding: int = 0):
   output size), summed in at least float32 and returned in x's dtype."""
   dims = x.ndim - 2
   stride = kernel_size if stride is None else stride
-  out = nn.avg_pool(x.astype(_accumulation_dtype(x.dtype)), (kernel_size,) * dims, strides=(stride,) * dims,
-                    padding=((padding, padding),) * dims, count_include_pad=True)
+  out = nn.avg_pool(x.astype(_accumulation_dtype(x.dtype)), (kernel_size,) * dims,
+                    strides=(stride,) * dims, padding=((padding, padding),) * dims,
+                    count_include_pad=True)
   return out.astype(x.dtype)
 
 
