@@ -98,8 +98,7 @@ def main():
                       "sampled:10,sampled:20")
   parser.add_argument("--workers", default="0,1,2")
   parser.add_argument("--batch", type=int, default=256)
-  parser.add_argument("--out", default="", help="also append the JSON lines to this file")
-  parser.add_argument("--quick", action="store_true", help="tiny sizes, for the smoke test")
+  common.add_jsonl_args(parser)
   args = parser.parse_args()
   if args.quick:
     args.examples, args.classes, args.formats, args.workers = 600, 50, "float16,topk:5", "0"

@@ -79,8 +79,7 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--models", default="resnet8x4,wrn_16_2,ResNet18")
   parser.add_argument("--rounds", type=int, default=3)
-  parser.add_argument("--out", default="", help="also append the JSON lines to this file")
-  parser.add_argument("--quick", action="store_true", help="tiny sizes, for the smoke test")
+  common.add_jsonl_args(parser)
   args = parser.parse_args()
   if args.quick:
     args.models, args.rounds = "mlp_small", 1

@@ -68,7 +68,17 @@ def add_timing_args(parser, rounds: int, block_s: float) -> None:
   parser.add_argument("--block-s", type=float, default=block_s,
                       help="seconds per timing block (calls per block are calibrated)")
   add_machine_args(parser)
+  add_quick_arg(parser)
+
+
+def add_quick_arg(parser) -> None:
   parser.add_argument("--quick", action="store_true", help="tiny sizes, for the smoke test")
+
+
+def add_jsonl_args(parser) -> None:
+  """`--out` (a file the JSON lines are also appended to, `append_jsonl`) and `--quick`."""
+  parser.add_argument("--out", default="", help="also append the JSON lines to this file")
+  add_quick_arg(parser)
 
 
 def setup(device: str, threads: int | None = None):

@@ -414,7 +414,7 @@ def main(argv=None):
   parser.add_argument("--host-devices", type=int, default=1,
                       help="CPU only: split the CPU into this many XLA devices and shard kd_jax's "
                       "batch over them (XLA_FLAGS --xla_force_host_platform_device_count)")
-  parser.add_argument("--quick", action="store_true", help="tiny sizes, for the smoke test")
+  common.add_quick_arg(parser)
   args = parser.parse_args(argv)
   if args.host_devices > 1:
     if args.device == "gpu":
